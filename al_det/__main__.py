@@ -1,0 +1,6 @@
+"""``python -m al_det`` and ``torchrun -m al_det``: the same entry point as the ``al-det`` command."""
+
+from al_det.cli import main
+
+if __name__ == "__main__":
+    main()

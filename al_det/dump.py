@@ -1,0 +1,272 @@
+"""The detections dump (shared/spec/detections-dump.md): write, read and validate.
+
+Writes one folder (``meta.json`` + ``offsets/boxes/scores/labels/features[/image_features].npy``)
+atomically; reads it back memory-mapped and checks every rule of the spec, streaming the large
+per-detection arrays in chunks with explicit reads (see :class:`NpyRows`) so that checking a
+COCO-scale pool neither loads it whole nor leaves its pages mapped in the resident set.
+Imports numpy only (``al-det acquire`` must not import torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .atomic import atomic_dir
+from .errors import DumpError
+
+FORMAT = "al-det/detections"
+VERSION = 1
+ARRAYS = ("offsets", "boxes", "scores", "labels", "features")
+FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+CHUNK_BYTES = 64 << 20  # per streamed read: bounded memory, large enough for full disk speed
+
+
+class NpyRows:
+    """Row-range reads of a C-ordered ``.npy`` file with ``os.pread`` (no mmap, no RSS growth)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(fh)
+            except (ValueError, OSError) as exc:
+                raise DumpError(f"{path}: not a NumPy .npy file ({exc}); rewrite the dump") from exc
+            self.offset = fh.tell()
+        if fortran and len(shape) > 1:
+            raise DumpError(f"{path}: Fortran-ordered array; save it with numpy.save (C order)")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_items = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.row_bytes = self.row_items * self.dtype.itemsize
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a fresh in-memory array."""
+        out = np.empty((stop - start,) + self.shape[1:], self.dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            pos, done = self.offset + start * self.row_bytes, 0
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], pos + done)
+                if n <= 0:
+                    raise DumpError(f"{self.path}: file is truncated; rewrite the dump")
+                done += n
+        finally:
+            os.close(fd)
+        return out
+
+    def chunks(self, rows_per_chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, rows)`` over the whole array in bounded chunks."""
+        n = self.shape[0] if self.shape else 0
+        step = rows_per_chunk or max(1, CHUNK_BYTES // max(1, self.row_bytes))
+        for start in range(0, n, step):
+            yield start, self.read(start, min(n, start + step))
+
+
+@dataclass(frozen=True)
+class Dump:
+    """A validated dump. Per-detection arrays are read-only memory maps."""
+
+    path: Path
+    meta: dict
+    images: list
+    categories: list
+    feature_dim: int
+    offsets: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    features: np.ndarray
+    image_features: np.ndarray | None
+
+    @property
+    def image_ids(self) -> list:
+        return [im["id"] for im in self.images]
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    def rows(self, name: str) -> NpyRows:
+        """Explicit-read access to one array file (used by the streaming passes)."""
+        return NpyRows(self.path / f"{name}.npy")
+
+    def check_features(self) -> None:
+        """Reject NaN/inf in ``features.npy``, streamed in chunks (one sequential read)."""
+        feats = self.rows("features")
+        for start, chunk in feats.chunks():
+            check_finite_features(chunk, feats.path, start)
+
+
+def check_finite_features(chunk: np.ndarray, path: Path, start: int) -> None:
+    """Raise DumpError if ``chunk`` (rows from ``start``) holds a NaN or infinity.
+
+    Works on the bit pattern (exponent all ones), which is several times faster than
+    ``np.isfinite`` on float16 and needs no conversion.
+    """
+    if chunk.dtype == np.float16:
+        bits, mask, exp = chunk.view(np.uint16), np.uint16(0x7FFF), np.uint16(0x7C00)
+    else:
+        bits, mask, exp = chunk.view(np.uint32), np.uint32(0x7FFFFFFF), np.uint32(0x7F800000)
+    if chunk.size and (bits & mask).max() >= exp:
+        row = start + int(np.flatnonzero(~np.isfinite(chunk).all(axis=tuple(range(1, chunk.ndim))))[0])
+        raise DumpError(f"{path}: NaN or infinity in detection row {row}; fix the detector output")
+
+
+def write_dump(
+    path: str | os.PathLike,
+    images: Sequence[dict],
+    categories: Sequence[dict],
+    offsets: Any,
+    boxes: Any,
+    scores: Any,
+    labels: Any,
+    features: Any,
+    image_features: Any = None,
+    extra_meta: dict | None = None,
+) -> Path:
+    """Write a dump folder atomically (temporary folder, then rename). Returns its path."""
+    features = np.asarray(features)
+    if features.dtype not in FEATURE_DTYPES:
+        features = features.astype(np.float32)
+    if features.ndim != 2:
+        raise DumpError(f"{path}: features must be 2-D [M, D], got shape {features.shape}")
+    meta = dict(extra_meta or {})
+    meta.update(format=FORMAT, version=VERSION, feature_dim=int(features.shape[1]),
+                categories=list(categories), images=list(images))
+    arrays = {
+        "offsets": np.asarray(offsets, dtype=np.int64),
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "scores": np.asarray(scores, dtype=np.float32).reshape(-1),
+        "labels": np.asarray(labels, dtype=np.int64).reshape(-1),
+        "features": features,
+    }
+    if image_features is not None:
+        arrays["image_features"] = np.asarray(image_features, dtype=np.float32)
+    with atomic_dir(path) as tmp:
+        with open(tmp / "meta.json", "w") as fh:
+            json.dump(meta, fh)
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+    return Path(path)
+
+
+def read_dump(path: str | os.PathLike, check_features: bool = True) -> Dump:
+    """Open and validate a dump. ``check_features=False`` defers the NaN scan of features.npy
+    to the caller (acquisition does it inside its own single streaming pass)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DumpError(f"{path}: detections dump folder not found; run `al-det infer` first")
+    meta = _read_meta(path)
+    arrs = {name: _load(path, name) for name in ARRAYS}
+    image_features = _load(path, "image_features") if (path / "image_features.npy").exists() else None
+    offsets = np.array(arrs["offsets"])  # N+1 ints: small, keep in memory
+    n_images = len(meta["images"])
+    _check_offsets(path, offsets, n_images)
+    _check_shapes(path, arrs, int(offsets[-1]), meta["feature_dim"])
+    if image_features is not None:
+        _check_image_features(path, image_features, n_images)
+    dump = Dump(path, meta, meta["images"], meta["categories"], meta["feature_dim"], offsets,
+                arrs["boxes"], arrs["scores"], arrs["labels"], arrs["features"], image_features)
+    _check_detections(dump)
+    if check_features:
+        dump.check_features()
+    return dump
+
+
+def _read_meta(path: Path) -> dict:
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise DumpError(f"{meta_path}: missing; the dump is incomplete, rerun `al-det infer`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DumpError(f"{meta_path}: not valid JSON ({exc}); rerun `al-det infer`") from exc
+    if not isinstance(meta, dict):
+        raise DumpError(f"{meta_path}: must be a JSON object")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise DumpError(f"{meta_path}: unknown format/version {meta.get('format')!r}/"
+                        f"{meta.get('version')!r}; expected {FORMAT!r}/{VERSION}")
+    dim = meta.get("feature_dim")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+        raise DumpError(f"{meta_path}: 'feature_dim' must be a positive integer, got {dim!r}")
+    for key in ("categories", "images"):
+        recs = meta.get(key)
+        if not isinstance(recs, list) or not all(isinstance(r, dict) and "id" in r for r in recs):
+            raise DumpError(f"{meta_path}: '{key}' must be a list of COCO records with an 'id'")
+    ids = [im["id"] for im in meta["images"]]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DumpError(f"{meta_path}: duplicate image id {dup!r}; each image must appear once")
+    return meta
+
+
+def _load(path: Path, name: str) -> np.ndarray:
+    f = path / f"{name}.npy"
+    if not f.is_file():
+        raise DumpError(f"{f}: missing; the dump is incomplete, rerun `al-det infer`")
+    try:
+        return np.load(f, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DumpError(f"{f}: not a readable NumPy .npy file ({exc}); rerun `al-det infer`") from exc
+
+
+def _check_offsets(path: Path, offsets: np.ndarray, n_images: int) -> None:
+    f = path / "offsets.npy"
+    if offsets.dtype.kind not in "iu" or offsets.shape != (n_images + 1,):
+        raise DumpError(f"{f}: must be integer [N+1] = [{n_images + 1}] for the {n_images} images "
+                        f"of meta.json, got {offsets.dtype} {offsets.shape}")
+    if offsets[0] != 0 or (np.diff(offsets) < 0).any():
+        raise DumpError(f"{f}: not a valid CSR index (must start at 0 and never decrease)")
+
+
+def _check_shapes(path: Path, arrs: dict, m: int, dim: int) -> None:
+    expect = {"boxes": ((m, 4), "f"), "scores": ((m,), "f"), "labels": ((m,), "iu"),
+              "features": ((m, dim), "f")}
+    for name, (shape, kinds) in expect.items():
+        a = arrs[name]
+        if a.shape != shape or a.dtype.kind not in kinds:
+            raise DumpError(f"{path / (name + '.npy')}: expected shape {shape} ({kinds} dtype) to "
+                            f"agree with offsets[N]={m} and feature_dim={dim}, "
+                            f"got {a.dtype} {a.shape}")
+    if arrs["features"].dtype not in FEATURE_DTYPES:
+        raise DumpError(f"{path / 'features.npy'}: dtype must be float16 or float32, "
+                        f"got {arrs['features'].dtype}")
+
+
+def _check_image_features(path: Path, arr: np.ndarray, n_images: int) -> None:
+    f = path / "image_features.npy"
+    if arr.ndim != 2 or arr.shape[0] != n_images or arr.dtype.kind != "f":
+        raise DumpError(f"{f}: expected float [N={n_images}, D2], got {arr.dtype} {arr.shape}")
+    for start in range(0, n_images, 65536):
+        if not np.isfinite(arr[start:start + 65536]).all():
+            raise DumpError(f"{f}: NaN or infinity in image row >= {start}; fix the dump")
+
+
+def _check_detections(dump: Dump) -> None:
+    """Labels listed, scores finite in [0, 1], boxes finite: streamed in chunks."""
+    cat_ids = np.array(sorted({c["id"] for c in dump.categories}), dtype=np.int64)
+    for start, labels in dump.rows("labels").chunks():
+        bad = ~np.isin(labels, cat_ids)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            raise DumpError(f"{dump.path / 'labels.npy'}: detection row {row} has label "
+                            f"{labels[row - start]} which is not a category of meta.json")
+    for start, scores in dump.rows("scores").chunks():
+        bad = ~((scores >= 0) & (scores <= 1))  # NaN fails both comparisons
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            raise DumpError(f"{dump.path / 'scores.npy'}: detection row {row} has score "
+                            f"{scores[row - start]}, outside [0, 1] or not finite")
+    for start, boxes in dump.rows("boxes").chunks():
+        if not np.isfinite(boxes).all():
+            row = start + int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])
+            raise DumpError(f"{dump.path / 'boxes.npy'}: NaN or infinity in detection row {row}")

@@ -1,0 +1,146 @@
+"""``al-det infer``: detections and instance features of the unlabeled pool, as the dump spec says.
+
+Reads ``cycle_K/model.pth``, ``cycle_K/unlabeled.json`` and the pool images; writes
+``cycle_K/dump/`` (shared/spec/detections-dump.md) through per-chunk shards in
+``cycle_K/dump_shards/chunk_NNNNN/``. The pool is cut into fixed chunks of ``CHUNK`` images,
+independent of the number of processes; the chunks are dealt to the ranks exactly (no padding,
+no duplicates). A finished chunk is a complete dump of its own, so a killed or preempted job
+reuses it on restart, even with another world size. Rank 0 merges the chunks, checks that
+they cover the pool exactly once, validates the result and removes the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from al_det import atomic, coco
+from al_det.config import ExperimentConfig
+from al_det.dump import read_dump, write_dump
+from al_det.errors import DumpError
+from al_det.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # images per shard: small enough to lose little work on a kill
+PER_DETECTION = ("boxes", "scores", "labels", "features")
+
+
+def run_infer(wd: Workdir, k: int, cfg: ExperimentConfig) -> Path:
+    """Write cycle ``k``'s dump (all ranks infer their chunks; rank 0 merges)."""
+    from al_det import dist
+
+    cycle = wd.cycle(k)
+    unlabeled = json.loads(cycle.unlabeled.read_text())
+    n_chunks = -(-len(unlabeled["images"]) // CHUNK)
+    if not (cycle.dump / "meta.json").exists():
+        mine = dist.shard_indices(n_chunks, dist.rank(), dist.world_size())
+        todo = [c for c in mine if not _chunk_done(cycle.shards, c, unlabeled)]
+        if todo:
+            _infer_chunks(wd, k, cfg, unlabeled, todo)
+        dist.barrier()
+        if dist.is_main():
+            merge_chunks(cycle.shards, n_chunks, unlabeled, cycle.dump,
+                         {"model": cfg.model.name, "cycle": k,
+                          "score_thresh": cfg.infer.score_thresh,
+                          "detections_per_img": cfg.infer.detections_per_img})
+            shutil.rmtree(cycle.shards, ignore_errors=True)
+        dist.barrier()
+    return cycle.dump
+
+
+def _chunk_images(unlabeled: dict, c: int) -> list[dict]:
+    return unlabeled["images"][c * CHUNK:(c + 1) * CHUNK]
+
+
+def _chunk_dir(shards: Path, c: int) -> Path:
+    return shards / f"chunk_{c:05d}"
+
+
+def _chunk_done(shards: Path, c: int, unlabeled: dict) -> bool:
+    meta = _chunk_dir(shards, c) / "meta.json"
+    if not meta.exists():
+        return False
+    ids = [img["id"] for img in json.loads(meta.read_text())["images"]]
+    return ids == [img["id"] for img in _chunk_images(unlabeled, c)]
+
+
+def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, unlabeled: dict,
+                  chunks: list[int]) -> None:
+    import torch
+
+    from al_det import data, dist, models, train
+
+    cmap = coco.CategoryMap.from_json(json.loads(wd.categories.read_text()))
+    device = dist.device()
+    model = train.load_trained(wd.cycle(k).model, cfg, len(cmap.labels), device)
+    models.set_inference_params(model, cfg.infer.score_thresh, cfg.infer.detections_per_img)
+    root = Path(cfg.data.pool_images)
+    for c in dist.progress(chunks, desc=f"infer cycle {k} (chunks)"):
+        part = {"images": _chunk_images(unlabeled, c), "categories": unlabeled["categories"]}
+        loader = data.inference_loader(part, root, range(len(part["images"])),
+                                       cfg.infer.batch_size, cfg.infer.workers)
+        outputs = []
+        with torch.inference_mode():
+            for images, _ids in loader:
+                outputs.extend(models.predict_with_features(model, [i.to(device) for i in images]))
+        _write_chunk(_chunk_dir(wd.cycle(k).shards, c), part, outputs, cmap, cfg)
+
+
+def _write_chunk(path: Path, part: dict, outputs: list[dict], cmap: coco.CategoryMap,
+                 cfg: ExperimentConfig) -> None:
+    """One chunk's outputs as a dump: COCO xywh boxes, category ids, features in the set dtype."""
+    counts = [len(o["scores"]) for o in outputs]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cat = lambda key: np.concatenate([o[key].float().cpu().numpy() for o in outputs])  # noqa: E731
+    xyxy = cat("boxes").reshape(-1, 4)
+    boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float32)
+    labels = np.concatenate([o["labels"].cpu().numpy() for o in outputs]).astype(np.int64)
+    cat_ids = np.asarray([cmap.cat_id_of(int(lab)) for lab in labels], dtype=np.int64)
+    dim = outputs[0]["features"].shape[1]
+    write_dump(
+        path, images=part["images"], categories=part["categories"], offsets=offsets,
+        boxes=boxes, scores=np.clip(cat("scores"), 0.0, 1.0).astype(np.float32),
+        labels=cat_ids, features=cat("features").reshape(-1, dim).astype(cfg.infer.feature_dtype),
+        image_features=np.stack([o["image_feature"].float().cpu().numpy() for o in outputs]),
+    )
+
+
+def merge_chunks(shards: Path, n_chunks: int, unlabeled: dict, out: Path, extra: dict) -> None:
+    """Concatenate the chunk dumps into ``out``, streaming, after checking exact coverage."""
+    dumps = []
+    for c in range(n_chunks):
+        if not _chunk_done(shards, c, unlabeled):
+            raise DumpError(f"{_chunk_dir(shards, c)}: shard missing or stale; rerun `al-det infer`")
+        dumps.append(read_dump(_chunk_dir(shards, c)))
+    images = [img for d in dumps for img in d.images]
+    if [i["id"] for i in images] != [i["id"] for i in unlabeled["images"]]:
+        raise DumpError(f"{shards}: the shards do not cover the unlabeled pool exactly once")
+    sizes = [int(d.offsets[-1]) for d in dumps]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    offsets = np.concatenate([[0]] + [d.offsets[1:] + s for d, s in zip(dumps, starts)])
+    with atomic.atomic_dir(out) as tmp:
+        np.save(tmp / "offsets.npy", offsets.astype(np.int64))
+        for name in PER_DETECTION:
+            _concat_npy(tmp / f"{name}.npy", [getattr(d, name) for d in dumps])
+        _concat_npy(tmp / "image_features.npy", [d.image_features for d in dumps])
+        meta = {"format": "al-det/detections", "version": 1, "feature_dim": dumps[0].feature_dim,
+                "categories": unlabeled["categories"], "images": images, **extra}
+        atomic.write_json(tmp / "meta.json", meta)
+    read_dump(out)  # the merged dump must pass every rule of the spec
+
+
+def _concat_npy(path: Path, parts: list[np.ndarray]) -> None:
+    """Write the concatenation of ``parts`` to a .npy without holding it in memory."""
+    shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=parts[0].dtype, shape=shape)
+    start = 0
+    for p in parts:
+        arr[start:start + len(p)] = p
+        start += len(p)
+    arr.flush()
+    del arr

@@ -1,0 +1,45 @@
+"""``al-det label``: real labelling rounds with CVAT, Label Studio or any COCO exporter.
+
+Reads ``cycle_K/to_label.json`` (written by ``acquire`` in labelling mode), the cycle's splits
+and the user's COCO export of those images; writes cycle K+1's ``labeled.json`` and
+``unlabeled.json`` (``unlabeled.json`` last). Images are matched by file name and categories
+by name, since labelling tools renumber both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from al_det import atomic, coco, splits
+from al_det.errors import WorkdirError
+
+log = logging.getLogger(__name__)
+
+
+def run_label(workdir: Path, cycle: int | None, annotations: Path, force: bool = False) -> None:
+    from al_det.init import open_workdir
+    from al_det.workdir import RunLock
+
+    wd, _cfg = open_workdir(workdir, force)
+    k = wd.resolve_cycle(cycle).index
+    cur, nxt = wd.cycle(k), wd.cycle(k + 1)
+    if not cur.to_label.exists():
+        raise WorkdirError(f"{cur.to_label}: missing: run `al-det acquire -w {wd.root}` first")
+    if nxt.unlabeled.exists():
+        raise WorkdirError(f"{nxt.root}: cycle {k + 1} already has its splits")
+    with RunLock(wd):
+        to_label = json.loads(cur.to_label.read_text())
+        labeled = json.loads(cur.labeled.read_text())
+        unlabeled = json.loads(cur.unlabeled.read_text())
+        export = coco.load_coco(Path(annotations))
+        cmap = coco.CategoryMap.from_json(json.loads(wd.categories.read_text()))
+        match = cmap.match(export["categories"], str(annotations))
+        new_labeled, new_unlabeled = splits.import_labels(
+            labeled, unlabeled, [img["id"] for img in to_label["images"]], export, match,
+            str(annotations),
+        )
+        atomic.write_json(nxt.labeled, new_labeled)
+        atomic.write_json(nxt.unlabeled, new_unlabeled)
+    log.info("cycle %d: %d labeled images", k + 1, len(new_labeled["images"]))

@@ -1,0 +1,198 @@
+"""DivProto (Algorithm 2, shared/spec/acquisition.md) over candidates ordered by basic entropy.
+
+Reads the pool's one-pass summary (prototypes from a temp file, only for visited candidates)
+and the labeled set's annotation counts; writes nothing. The walk goes over the ordered
+candidates in blocks: at the start of a block, the intra-class maxima of the block's candidates
+against the images selected so far are one matrix product per class, and each acceptance
+inside the block updates them with one vector product, so the result is exactly that of the
+one-by-one walk of the spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import AcquireError
+from .base import (SIM_BAND, Picked, Pool, check_bool, check_unit, minority_quotas,
+                   stable_order)
+from .summary import Summary, summarize
+
+BLOCK = 512
+
+
+@dataclass(frozen=True)
+class DivProto:
+    """DivProto over the basic-entropy ranking (the paper's ablation without ENMS)."""
+
+    t_intra: float = 0.7
+    t_inter: float = 0.3
+    alpha: float = 0.5
+    beta: float = 0.75
+    intra_missing: str = "novel"
+    intra: bool = True
+    inter: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("t_intra", "t_inter"):
+            check_unit(name, getattr(self, name))
+        for name in ("alpha", "beta"):
+            check_unit(name, getattr(self, name), low_open=True)
+        check_bool("intra", self.intra), check_bool("inter", self.inter)
+        if self.intra_missing not in ("novel", "skip"):
+            raise AcquireError(f"acquire.intra_missing: must be 'novel' or 'skip', "
+                               f"got {self.intra_missing!r}")
+
+    def select(self, pool: Pool) -> Picked:
+        s = summarize(pool.dump, pool.cand_rows, None, want_protos=self.intra)
+        return divproto_walk(s, s.basic, pool, self)
+
+
+class _Bank:
+    """Per class, the prototypes of the images selected so far (growing float32 matrices)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim, self.mats, self.counts = dim, {}, {}
+
+    def get(self, c: int) -> np.ndarray | None:
+        n = self.counts.get(c, 0)
+        return self.mats[c][:n] if n else None
+
+    def add(self, c: int, proto: np.ndarray) -> None:
+        n = self.counts.get(c, 0)
+        mat = self.mats.get(c)
+        if mat is None or n == len(mat):
+            grown = np.empty((max(16, 2 * n), self.dim), np.float32)
+            if n:
+                grown[:n] = mat[:n]
+            self.mats[c] = mat = grown
+        mat[n] = proto
+        self.counts[c] = n + 1
+
+
+class _Walk:
+    """State of one main pass (Algorithm 2, steps 2-4)."""
+
+    def __init__(self, s: Summary, pool: Pool, cfg: DivProto) -> None:
+        self.s, self.cfg, self.budget = s, cfg, pool.budget
+        self.minority = (minority_quotas(pool.labeled, cfg.alpha, cfg.beta, pool.budget)
+                         if cfg.inter else {})
+        self.bank = _Bank(s.protos.dim) if cfg.intra else None
+        self.selected: list[int] = []
+
+    def done(self) -> bool:
+        return len(self.selected) >= self.budget or (self.cfg.inter and not self.minority)
+
+    def groups(self, i: int) -> tuple[list, list]:
+        a, b = self.s.grp_start[i], self.s.grp_start[i + 1]
+        return self.s.grp_cls[a:b].tolist(), self.s.grp_pres[a:b].tolist()
+
+    def passes_inter(self, i: int) -> bool:
+        cls, pres = self.groups(i)
+        mp = max([p for c, p in zip(cls, pres) if c in self.minority], default=0.0)
+        return mp > self.cfg.t_inter
+
+    def run(self, order: np.ndarray) -> None:
+        for pos in range(0, len(order), BLOCK):
+            if self.done():
+                return
+            block = order[pos:pos + BLOCK].tolist()
+            if self.cfg.inter:
+                block = [i for i in block if self.passes_inter(i)]  # the set only shrinks
+            cache = _BlockCache(self, block) if self.cfg.intra else None
+            for i in block:
+                if self.done():
+                    return
+                if self.cfg.inter and not self.passes_inter(i):
+                    continue
+                if cache is not None and not cache.intra_ok(i):
+                    continue
+                self.accept(i, cache)
+
+    def accept(self, i: int, cache: _BlockCache | None) -> None:
+        self.selected.append(i)
+        cls, pres = self.groups(i)
+        if cache is not None:
+            cache.add(i)
+        if self.cfg.inter:
+            for c, p in zip(cls, pres):
+                if c in self.minority and p > self.cfg.t_inter:
+                    self.minority[c] -= 1
+                    if self.minority[c] == 0:
+                        del self.minority[c]
+
+
+class _BlockCache:
+    """The block's prototypes and their running max similarity to the selected ones."""
+
+    def __init__(self, walk: _Walk, block: list[int]) -> None:
+        self.walk, s = walk, walk.s
+        self.where = {}
+        parts, n = [], 0
+        for i in block:
+            a, b = int(s.grp_start[i]), int(s.grp_start[i + 1])
+            self.where[i] = (n, n + b - a)
+            parts.append(s.protos.read(a, b))
+            n += b - a
+        dim = s.protos.dim
+        self.protos = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        self.cls = np.concatenate([s.grp_cls[s.grp_start[i]:s.grp_start[i + 1]] for i in block]
+                                  ) if block else np.zeros(0, np.int64)
+        self.best = np.full(n, -np.inf, dtype=np.float32)
+        for c in np.unique(self.cls).tolist():
+            mat = walk.bank.get(c)
+            if mat is not None:
+                rows = np.flatnonzero(self.cls == c)
+                self.best[rows] = (self.protos[rows] @ mat.T).max(axis=1)
+
+    def intra_ok(self, i: int) -> bool:
+        a, b = self.where[i]
+        mg = self._mg(self.cls[a:b].tolist(), self.best[a:b].astype(np.float64))
+        t = self.walk.cfg.t_intra
+        if np.isfinite(mg) and abs(mg - t) < SIM_BAND:
+            mg = self._mg(self.cls[a:b].tolist(), self._exact_max(a, b))
+        return mg < t
+
+    def _mg(self, cls: list, best: np.ndarray) -> float:
+        """M_g from per-class maxima (-inf where no selected image has the class)."""
+        has = [self.walk.bank.get(c) is not None for c in cls]
+        if not cls or (self.walk.cfg.intra_missing == "novel" and not all(has)):
+            return -np.inf
+        vals = [v for v, h in zip(best.tolist(), has) if h]
+        return min(vals) if vals else -np.inf
+
+    def _exact_max(self, a: int, b: int) -> np.ndarray:
+        out = np.full(b - a, -np.inf)
+        for k in range(a, b):
+            mat = self.walk.bank.get(int(self.cls[k]))
+            if mat is not None:
+                out[k - a] = (mat.astype(np.float64) @ self.protos[k].astype(np.float64)).max()
+        return out
+
+    def add(self, i: int) -> None:
+        a, b = self.where[i]
+        for k in range(a, b):
+            c = int(self.cls[k])
+            self.walk.bank.add(c, self.protos[k])
+            rows = np.flatnonzero(self.cls == c)
+            np.maximum.at(self.best, rows, self.protos[rows] @ self.protos[k])
+
+
+def divproto_walk(s: Summary, keys: np.ndarray, pool: Pool, cfg: DivProto) -> Picked:
+    """Main pass then fill-up (steps 4-5); keys are the ranking keys of the candidates."""
+    order = stable_order(keys)
+    try:
+        walk = _Walk(s, pool, cfg)
+        if cfg.intra or cfg.inter:
+            walk.run(order)
+    finally:
+        if s.protos is not None:
+            s.protos.close()
+    main = walk.selected
+    taken = np.zeros(len(keys), dtype=bool)
+    taken[main] = True
+    fill = order[~taken[order]][: max(0, pool.budget - len(main))]
+    picked = np.concatenate([np.asarray(main, dtype=np.int64), fill])
+    reasons = ["main"] * len(main) + ["fill"] * len(fill)
+    return Picked(picked, [float(keys[i]) for i in picked], reasons)

@@ -1,0 +1,90 @@
+"""Config loading: types, unknown keys, overrides, ranges, duplicate keys, round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from al_det.config import ExperimentConfig, diff_configs, dump_config, load_config
+from al_det.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = "data:\n  pool: pool.json\n  pool_images: imgs\n"
+
+
+def test_defaults_and_paths_resolved(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE))
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.train.lr == 0.02 and cfg.acquire.strategy == "enms_divproto"
+    assert cfg.data.pool == str(tmp_path / "pool.json")
+    assert cfg.data.test_images == str(tmp_path / "imgs")  # defaults to pool_images
+
+
+def test_scientific_notation_string_becomes_float(tmp_path: Path) -> None:
+    # PyYAML reads 1e-3 (no dot) as a string: it must be converted, not passed on
+    cfg = load_config(write(tmp_path, BASE + "train:\n  lr: 1e-3\n"))
+    assert cfg.train.lr == pytest.approx(0.001) and isinstance(cfg.train.lr, float)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("trian:\n  lr: 0.1\n", "unknown key trian (did you mean 'train'?)"),
+        ("train:\n  lr_step: [0.5]\n", "unknown key train.lr_step (did you mean 'lr_steps'?)"),
+        ("train:\n  epochs: many\n", "train.epochs must be int"),
+        ("train:\n  amp: 1\n", "train.amp must be bool"),
+        ("acquire:\n  t_intra: 1.5\n", "acquire.t_intra=1.5 must lie in [0, 1]"),
+        ("acquire:\n  budget: 0\n", "acquire.budget=0.0 must be > 0"),
+        ("acquire:\n  budget: 2.5\n", "give a count (integer) or a fraction < 1"),
+        ("acquire:\n  strategy: enms_divprot\n", "did you mean 'enms_divproto'"),
+        ("train:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr' at line 6"),
+    ],
+)
+def test_rejected(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, BASE + text))
+    assert message in str(err.value)
+    assert "exp.yaml" in str(err.value) or "--set" in str(err.value)
+
+
+def test_missing_pool_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.pool is missing"):
+        load_config(write(tmp_path, "seed: 1\n"))
+
+
+def test_overrides_parsed_as_yaml(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), ["train.lr=0.01", "acquire.inter=false",
+                                              "train.lr_steps=[0.5, 0.75]", "model.weights=DEFAULT"])
+    assert cfg.train.lr == 0.01 and cfg.acquire.inter is False
+    assert cfg.train.lr_steps == (0.5, 0.75) and cfg.model.weights == "DEFAULT"
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_config(write(tmp_path, BASE), ["train.lr"])
+    with pytest.raises(ConfigError, match="unknown key train.lrr"):
+        load_config(write(tmp_path, BASE), ["train.lrr=1"])
+
+
+def test_dump_round_trip_and_diff(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE + "train:\n  epochs: 3\n"))
+    again = load_config(write(tmp_path, dump_config(cfg)))
+    assert again == cfg and diff_configs(cfg, again) == []
+    other = load_config(write(tmp_path, dump_config(cfg)), ["train.epochs=4"])
+    assert diff_configs(cfg, other) == ["train.epochs: 3 -> 4"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_load_and_every_key_commented(name: str) -> None:
+    path = REPO / "configs" / name
+    load_config(path)
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped:
+            assert "#" in line, f"{name}:{n}: key without a comment: {line!r}"
