@@ -86,6 +86,7 @@ class Dump:
     labels: np.ndarray
     features: np.ndarray
     image_features: np.ndarray | None
+    features_checked: bool = False
 
     @property
     def image_ids(self) -> list:
@@ -101,9 +102,12 @@ class Dump:
 
     def check_features(self) -> None:
         """Reject NaN/inf in ``features.npy``, streamed in chunks (one sequential read)."""
+        if self.features_checked:
+            return
         feats = self.rows("features")
         for start, chunk in feats.chunks():
             check_finite_features(chunk, feats.path, start)
+        object.__setattr__(self, "features_checked", True)  # a cache, not a state change
 
 
 def check_finite_features(chunk: np.ndarray, path: Path, start: int) -> None:

@@ -31,4 +31,4 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A small synthetic detection dataset (COCO JSON + PNGs, non-contiguous category ids)."""
     from al_det.synthetic import generate
 
-    return generate(tmp_path_factory.mktemp("demo"), n_pool=40, n_test=12, image_size=64, seed=1)
+    return generate(tmp_path_factory.mktemp("demo"), n_pool=40, n_test=12, image_size=128, seed=1)

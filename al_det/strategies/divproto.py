@@ -176,7 +176,7 @@ class _BlockCache:
             c = int(self.cls[k])
             self.walk.bank.add(c, self.protos[k])
             rows = np.flatnonzero(self.cls == c)
-            np.maximum.at(self.best, rows, self.protos[rows] @ self.protos[k])
+            self.best[rows] = np.maximum(self.best[rows], self.protos[rows] @ self.protos[k])
 
 
 def divproto_walk(s: Summary, keys: np.ndarray, pool: Pool, cfg: DivProto) -> Picked:
@@ -184,8 +184,7 @@ def divproto_walk(s: Summary, keys: np.ndarray, pool: Pool, cfg: DivProto) -> Pi
     order = stable_order(keys)
     try:
         walk = _Walk(s, pool, cfg)
-        if cfg.intra or cfg.inter:
-            walk.run(order)
+        walk.run(order)  # with both switches off it accepts the first b: the plain ranking
     finally:
         if s.protos is not None:
             s.protos.close()

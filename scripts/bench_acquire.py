@@ -1,0 +1,165 @@
+"""Benchmark acquisition on a synthetic detections dump of a given size.
+
+Writes (once; reused when it exists) a synthetic dump under ``--out``, streamed in chunks so
+that a COCO-scale pool (94,630 images x 50 detections x 1024 float16, ~9.7 GB) is never held
+in memory, plus a labeled COCO file. Then, each in a fresh subprocess so that peak memory is
+per measurement, it times one plain sequential read of features.npy and every strategy asked
+for, through the library entry point of ``al-det acquire`` (dump reading and validation
+included), printing wall time, images/s and peak RSS (``ru_maxrss``, as ``/usr/bin/time -v``
+reports it). ``--cold`` evicts the dump from the page cache before each measurement
+(posix_fadvise DONTNEED), to time reads from disk.
+
+    python scripts/bench_acquire.py --images 94630 --out /work/bench/coco20 --budget 5914
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FILES = ("offsets", "boxes", "scores", "labels", "features")
+
+
+def _write_npy_header(fh, dtype, shape) -> None:
+    np.lib.format.write_array_header_1_0(
+        fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+             "shape": tuple(shape)})
+
+
+def generate(args) -> None:
+    """Write the synthetic dump + labeled file; features in chunks of images."""
+    out = Path(args.out)
+    dump = out / "dump"
+    if (dump / "meta.json").exists():
+        print(f"reusing {dump}")
+        return
+    tmp = out / ".tmp-dump"
+    tmp.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    n, dim, ncls = args.images, args.dim, args.classes
+    counts = np.minimum(rng.poisson(args.dets_per_image, n), 100)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    m = int(offsets[-1])
+    np.save(tmp / "offsets.npy", offsets)
+    cat_ids = np.arange(1, ncls + 1) * 2 - 1  # non-contiguous ids
+    freq = 1.0 / np.arange(1, ncls + 1)  # Zipf-like class frequencies
+    freq /= freq.sum()
+    centres = rng.standard_normal((ncls, dim)).astype(np.float32)
+    noise = rng.standard_normal((4096, dim)).astype(np.float32)
+    fhs = {k: open(tmp / f"{k}.npy", "wb") for k in ("boxes", "scores", "labels", "features")}
+    _write_npy_header(fhs["boxes"], np.float32, (m, 4))
+    _write_npy_header(fhs["scores"], np.float32, (m,))
+    _write_npy_header(fhs["labels"], np.int64, (m,))
+    _write_npy_header(fhs["features"], args.dtype, (m, dim))
+    step = 2000
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        c = counts[a:b]
+        k_img = np.minimum(1 + rng.poisson(2.0, b - a), 8)  # ~3 classes per image
+        img_cls = rng.choice(ncls, size=(b - a, 8), p=freq)
+        det_img = np.repeat(np.arange(b - a), c)
+        pick = (rng.random(len(det_img)) * k_img[det_img]).astype(np.int64)
+        cls = img_cls[det_img, pick]
+        # instances: class centre + a shared per-image part + detection noise, so cosine
+        # similarities spread over about 0.2-0.95 (ENMS and DivProto both bite)
+        shared = noise[rng.integers(0, 4096, b - a)][det_img] * 0.7
+        feat = centres[cls] + shared + noise[rng.integers(0, 4096, len(cls))] * \
+            rng.uniform(0.3, 1.5, len(cls)).astype(np.float32)[:, None]
+        fhs["features"].write(feat.astype(args.dtype).tobytes())
+        fhs["labels"].write(cat_ids[cls].astype(np.int64).tobytes())
+        fhs["scores"].write(rng.beta(0.7, 1.5, len(cls)).astype(np.float32).tobytes())
+        xy = rng.random((len(cls), 4)).astype(np.float32) * 300 + 1
+        fhs["boxes"].write(xy.tobytes())
+    for fh in fhs.values():
+        fh.close()
+    images = [{"id": 10**6 + i, "file_name": f"{i:08d}.jpg", "width": 640, "height": 480}
+              for i in range(n)]
+    cats = [{"id": int(i), "name": f"class{i}"} for i in cat_ids]
+    meta = {"format": "al-det/detections", "version": 1, "feature_dim": dim,
+            "categories": cats, "images": images}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    lab_imgs = [{"id": i + 1, "file_name": f"l{i}.jpg", "width": 640, "height": 480}
+                for i in range(max(1, n // 4))]
+    anns = [{"id": k + 1, "image_id": int(rng.integers(1, len(lab_imgs) + 1)),
+             "category_id": int(rng.choice(cat_ids, p=freq)), "iscrowd": 0, "area": 1.0,
+             "bbox": [0, 0, 1, 1]} for k in range(len(lab_imgs) * 3)]
+    (out / "labeled.json").write_text(json.dumps({"images": lab_imgs, "categories": cats,
+                                                  "annotations": anns}))
+    os.replace(tmp, dump)
+
+
+def _evict(path: Path) -> None:
+    for f in path.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_one(args) -> None:
+    """Child: one measurement, printed as JSON on the last line."""
+    dump = Path(args.out) / "dump"
+    t0 = time.perf_counter()
+    if args.run_one == "plain-read":
+        buf = bytearray(64 << 20)
+        with open(dump / "features.npy", "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+        extra = {}
+    else:
+        from al_det.acquire import run_acquire_standalone
+        sel = run_acquire_standalone(dump, Path(args.out) / "labeled.json", args.budget,
+                                     args.run_one, Path(args.out) / f"sel-{args.run_one}.json",
+                                     {})
+        extra = {"main": sel.reasons.count("main"), "fill": sel.reasons.count("fill")}
+    wall = time.perf_counter() - t0
+    print(json.dumps({"what": args.run_one, "wall_s": round(wall, 2),
+                      "peak_rss_mib": round(_peak_rss_mib(), 1), **extra}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=94630)
+    ap.add_argument("--dets-per-image", type=float, default=50.0)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    ap.add_argument("--classes", type=int, default=80)
+    ap.add_argument("--budget", type=int, default=5914)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--strategies", default="enms_divproto")
+    ap.add_argument("--cold", action="store_true", help="evict the dump from the page cache")
+    ap.add_argument("--run-one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.run_one:
+        return run_one(args)
+    generate(args)
+    dump = Path(args.out) / "dump"
+    size = (dump / "features.npy").stat().st_size / 2**30
+    print(f"dump {dump}: {args.images} images, features.npy {size:.2f} GiB")
+    for what in ["plain-read"] + args.strategies.split(","):
+        if args.cold:
+            _evict(dump)
+        cmd = [sys.executable, __file__, "--run-one", what, "--out", args.out,
+               "--budget", str(args.budget)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            print(res.stdout, res.stderr)
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r["images_per_s"] = round(args.images / r["wall_s"])
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

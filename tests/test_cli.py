@@ -1,0 +1,154 @@
+"""The per-cycle commands end to end on a tiny real detector, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from al_det.cli import main
+
+TINY = """\
+name: tiny
+seed: 3
+cycles: 3
+initial: 12
+data:
+  synthetic: {{n_pool: 40, n_test: 12, image_size: 128, seed: 1}}
+model: {{name: tiny_frcnn, min_size: 128, max_size: 128}}
+train: {{epochs: 1, batch_size: 4, warmup_iters: 2, workers: 0, checkpoint_every: 2}}
+infer: {{batch_size: 8, workers: 0, score_thresh: 0.0}}
+acquire: {{strategy: {strategy}, budget: 7}}
+"""
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def write_config(tmp_path: Path, strategy: str = "enms_divproto") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(strategy=strategy))
+    return path
+
+
+def ids(coco: dict) -> list[int]:
+    return [img["id"] for img in coco["images"]]
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_help_and_file_mode_acquire_do_not_import_torch() -> None:
+    code = (
+        "import sys\nfrom al_det.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "try:\n    main(['acquire', '--help'])\nexcept SystemExit:\n    pass\n"
+        "import al_det.acquire_cli, al_det.acquire, al_det.cycle\n"
+        "print('torch' in sys.modules, 'torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("data:\n  pool: missing.json\ntrian: {}\n")
+    result = CliRunner().invoke(main, ["init", "-c", str(cfg), "-w", str(tmp_path / "wd")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "did you mean 'train'" in result.output
+    assert not (tmp_path / "wd").exists()
+
+
+def test_missing_pool_file_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  pool: nowhere.json\n")
+    result = CliRunner().invoke(main, ["init", "-c", str(cfg), "-w", str(tmp_path / "wd")])
+    assert result.exit_code == 2 and "nowhere.json" in result.output
+    assert not (tmp_path / "wd" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_one_cycle_by_hand(tmp_path: Path) -> None:
+    """init, train, evaluate, infer, acquire: invariants, AP, dump, next split."""
+    wd = tmp_path / "wd"
+    cli("init", "-c", str(write_config(tmp_path)), "-w", str(wd))
+    pool = load(wd / "data" / "pool.json")
+    c0 = wd / "cycle_000"
+    labeled, unlabeled = load(c0 / "labeled.json"), load(c0 / "unlabeled.json")
+    assert len(ids(labeled)) == 12 and unlabeled["annotations"] == []
+    assert sorted(ids(labeled) + ids(unlabeled)) == sorted(ids(pool))
+
+    cli("train", "-w", str(wd))
+    assert (c0 / "model.pth").exists() and (c0 / "train" / "log.jsonl").exists()
+    cli("evaluate", "-w", str(wd))
+    metrics = load(c0 / "metrics.json")
+    assert metrics["AP"] == pytest.approx(cocoeval_ap(wd / "data" / "test.json",
+                                                      load(c0 / "detections.json")))
+    assert (wd / "summary.csv").read_text().splitlines()[0].startswith("cycle,labeled_images")
+
+    cli("infer", "-w", str(wd))
+    check_dump(c0 / "dump", unlabeled)
+    cli("acquire", "-w", str(wd))
+    c1 = wd / "cycle_001"
+    nxt_l, nxt_u = load(c1 / "labeled.json"), load(c1 / "unlabeled.json")
+    selected = [img["id"] for img in load(c0 / "selection.json")["images"]]
+    assert len(ids(nxt_l)) == 12 + 7 and ids(nxt_l)[12:] == selected
+    assert not set(ids(nxt_l)) & set(ids(nxt_u)) and nxt_u["annotations"] == []
+    assert sorted(ids(nxt_l) + ids(nxt_u)) == sorted(ids(pool))
+    # the oracle copied exactly the pool's ground truth of the selected images
+    gt = {a["id"] for a in pool["annotations"] if a["image_id"] in set(selected)}
+    assert gt <= {a["id"] for a in nxt_l["annotations"]}
+    status = cli("status", "-w", str(wd))
+    assert status.splitlines()[1].split()[:6] == ["0", "12", "done", "done", "done", "done"]
+
+
+def cocoeval_ap(test_json: Path, detections: list[dict]) -> float:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(str(test_json))
+    ev = COCOeval(gt, gt.loadRes(detections), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return float(ev.stats[0])
+
+
+def check_dump(path: Path, unlabeled: dict) -> None:
+    from al_det.dump import read_dump
+
+    dump = read_dump(path)
+    assert dump.image_ids == ids(unlabeled)
+    assert dump.features.dtype in (np.float16, np.float32)
+    # tiny_frcnn keeps torchvision's standard TwoMLPHead: a 1024-d box-head representation
+    assert dump.feature_dim == 1024
+    assert dump.features.shape == (int(dump.offsets[-1]), 1024)
+    feats = np.asarray(dump.features, dtype=np.float32)
+    assert len(feats) > 1 and feats.std(axis=0).max() > 0  # the model's own, not constant
+
+
+@pytest.mark.slow
+def test_run_all_cycles_and_rerun_is_a_no_op(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    cfg = write_config(tmp_path, strategy="random")
+    out = cli("run", "-c", str(cfg), "-w", str(wd))
+    assert "cycle" in out
+    sizes = [len(ids(load(wd / f"cycle_{k:03d}" / "labeled.json"))) for k in range(3)]
+    assert sizes == [12, 19, 26]
+    assert len((wd / "summary.csv").read_text().splitlines()) == 1 + 3
+    assert not (wd / "cycle_002" / "dump").exists()  # the last cycle trains and evaluates only
+    before = (wd / "cycle_002" / "model.pth").stat().st_mtime_ns
+    cli("run", "-c", str(cfg), "-w", str(wd))
+    assert (wd / "cycle_002" / "model.pth").stat().st_mtime_ns == before
+    changed = CliRunner().invoke(main, ["run", "-c", str(cfg), "-w", str(wd), "--set",
+                                        "train.epochs=2"])
+    assert changed.exit_code == 2 and "train.epochs: 1 -> 2" in changed.output
