@@ -6,9 +6,10 @@ and the image files they name; writes nothing. Every problem a user can fix rais
 annotation / category id and what to do, because pycocotools silently accepts duplicate ids,
 orphan annotations and degenerate boxes.
 
-Validation is O(images + annotations) with sets and dicts: COCO train2017 (118k images,
-860k annotations) validates in about a second. The functions return plain COCO dicts (no
-hidden index), so they can be written back with :func:`al_det.atomic.write_json`.
+Validation is O(images + annotations) with sets and dicts: at COCO train2017 scale (118k
+images, 860k annotations) it adds about 2 s of CPU to the ~8 s that ``json.load`` takes.
+The functions return plain COCO dicts (no hidden index), so they can be written back with
+:func:`al_det.atomic.write_json`.
 """
 
 from __future__ import annotations
@@ -292,7 +293,8 @@ def load_image(path: Path, image_id: Any) -> Image.Image:
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images all become RGB; 16-bit
     values are scaled to 8 bits by the full 16-bit range (the same for every image, so
-    images stay comparable). Errors name the file and the image id.
+    images stay comparable; 32-bit integer images are read as 16-bit); float images are
+    taken as 0..1. Errors name the file and the image id.
     """
     try:
         with Image.open(path) as img:

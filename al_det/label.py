@@ -35,7 +35,8 @@ def run_label(workdir: Path, cycle: int | None, annotations: Path, force: bool =
         unlabeled = json.loads(cur.unlabeled.read_text())
         export = coco.load_coco(Path(annotations))
         cmap = coco.CategoryMap.from_json(json.loads(wd.categories.read_text()))
-        match = cmap.match(export["categories"], str(annotations))
+        # an export may list only the labels used in this round
+        match = cmap.match(export["categories"], str(annotations), allow_missing=True)
         new_labeled, new_unlabeled = splits.import_labels(
             labeled, unlabeled, [img["id"] for img in to_label["images"]], export, match,
             str(annotations),
