@@ -1,3 +1,3 @@
-"""al-det: active learning for object detection (ENMS + DivProto, CVPR 2022) on torchvision detectors."""
+"""al-det: active learning for object detection (ENMS + DivProto, CVPR 2022), torchvision."""
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""``python -m al_det`` and ``torchrun -m al_det``: the same entry point as the ``al-det`` command."""
+"""``python -m al_det`` and ``torchrun -m al_det``: the entry point of the ``al-det`` command."""
 
 from al_det.cli import main
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from al_det.config import AcquireConfig, from_dict, parse_yaml, validate
 from al_det.errors import ConfigError

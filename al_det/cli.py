@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -190,7 +191,7 @@ def status(workdir: Path) -> None:
               help="PNG path (default WORKDIR/curve.png).")
 @_friendly
 def report(workdir: Path, output: Path | None) -> None:
-    """Plot AP over labeled fraction from summary.csv (needs matplotlib: pip install al-det[plot])."""
+    """Plot AP over the labeled fraction (needs matplotlib: pip install al-det[plot])."""
     from al_det.report import plot_summary
 
     click.echo(plot_summary(workdir, output))

@@ -78,6 +78,7 @@ class InferConfig:
     batch_size: int = 8
     workers: int = 2
     feature_dtype: str = "float16"
+    chunk_size: int = 256  # images per inference shard: the work a kill can lose
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ UNIT_INTERVAL = (
 POSITIVE = (
     "cycles", "initial", "acquire.budget", "train.epochs", "train.batch_size", "train.lr",
     "infer.detections_per_img", "infer.batch_size", "train.checkpoint_every",
-    "model.min_size", "model.max_size",
+    "model.min_size", "model.max_size", "infer.chunk_size",
 )
 
 
@@ -325,4 +326,5 @@ def diff_configs(a: ExperimentConfig, b: ExperimentConfig) -> list[str]:
         return out
 
     fa, fb = flat(to_dict(a)), flat(to_dict(b))
-    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(fa | fb) if fa.get(k) != fb.get(k)]
+    keys = sorted(k for k in fa | fb if fa.get(k) != fb.get(k))
+    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in keys]

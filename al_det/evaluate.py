@@ -74,7 +74,7 @@ def _predict(wd: Workdir, k: int, cfg: ExperimentConfig, test: dict) -> list[dic
     with torch.inference_mode():
         for images, image_ids in dist.progress(loader, desc=f"evaluate cycle {k}"):
             outputs = model([img.to(device) for img in images])
-            for image_id, out in zip(image_ids, outputs):
+            for image_id, out in zip(image_ids, outputs, strict=True):
                 results.extend(_records(image_id, out, cmap, to_test_id))
     return results
 
@@ -86,7 +86,7 @@ def _records(image_id: int, out: dict, cmap: coco.CategoryMap, to_test_id: dict)
     return [
         {"image_id": image_id, "category_id": to_test_id[cmap.cat_id_of(label)],
          "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
-        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels)
+        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels, strict=True)
     ]
 
 
@@ -106,7 +106,7 @@ def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {name: float(v) for name, v in zip(METRICS, ev.stats[:6])}
+    return {name: float(v) for name, v in zip(METRICS, ev.stats[:6], strict=True)}
 
 
 def update_summary(path: Path, row: dict) -> None:

@@ -2,7 +2,7 @@
 
 Reads ``cycle_K/model.pth``, ``cycle_K/unlabeled.json`` and the pool images; writes
 ``cycle_K/dump/`` (shared/spec/detections-dump.md) through per-chunk shards in
-``cycle_K/dump_shards/chunk_NNNNN/``. The pool is cut into fixed chunks of ``CHUNK`` images,
+``cycle_K/dump_shards/chunk_NNNNN/``. The pool is cut into chunks of ``infer.chunk_size`` images,
 independent of the number of processes; the chunks are dealt to the ranks exactly (no padding,
 no duplicates). A finished chunk is a complete dump of its own, so a killed or preempted job
 reuses it on restart, even with another world size. Rank 0 merges the chunks, checks that
@@ -26,7 +26,6 @@ from al_det.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256  # images per shard: small enough to lose little work on a kill
 PER_DETECTION = ("boxes", "scores", "labels", "features")
 
 
@@ -35,42 +34,41 @@ def run_infer(wd: Workdir, k: int, cfg: ExperimentConfig) -> Path:
     from al_det import dist
 
     cycle = wd.cycle(k)
+    if (cycle.dump / "meta.json").exists():
+        return cycle.dump
     unlabeled = json.loads(cycle.unlabeled.read_text())
-    n_chunks = -(-len(unlabeled["images"]) // CHUNK)
-    if not (cycle.dump / "meta.json").exists():
-        mine = dist.shard_indices(n_chunks, dist.rank(), dist.world_size())
-        todo = [c for c in mine if not _chunk_done(cycle.shards, c, unlabeled)]
-        if todo:
-            _infer_chunks(wd, k, cfg, unlabeled, todo)
-        dist.barrier()
-        if dist.is_main():
-            merge_chunks(cycle.shards, n_chunks, unlabeled, cycle.dump,
-                         {"model": cfg.model.name, "cycle": k,
-                          "score_thresh": cfg.infer.score_thresh,
-                          "detections_per_img": cfg.infer.detections_per_img})
-            shutil.rmtree(cycle.shards, ignore_errors=True)
-        dist.barrier()
+    size = cfg.infer.chunk_size
+    chunks = [unlabeled["images"][i:i + size] for i in range(0, len(unlabeled["images"]), size)]
+    mine = dist.shard_indices(len(chunks), dist.rank(), dist.world_size())
+    todo = [c for c in mine if not _chunk_done(cycle.shards, c, chunks[c])]
+    if todo:
+        _infer_chunks(wd, k, cfg, {c: chunks[c] for c in todo}, unlabeled["categories"])
+    dist.barrier()
+    if dist.is_main():
+        merge_chunks(cycle.shards, chunks, unlabeled, cycle.dump,
+                     {"model": cfg.model.name, "cycle": k,
+                      "score_thresh": cfg.infer.score_thresh,
+                      "detections_per_img": cfg.infer.detections_per_img})
+        shutil.rmtree(cycle.shards, ignore_errors=True)
+    dist.barrier()
     return cycle.dump
-
-
-def _chunk_images(unlabeled: dict, c: int) -> list[dict]:
-    return unlabeled["images"][c * CHUNK:(c + 1) * CHUNK]
 
 
 def _chunk_dir(shards: Path, c: int) -> Path:
     return shards / f"chunk_{c:05d}"
 
 
-def _chunk_done(shards: Path, c: int, unlabeled: dict) -> bool:
+def _chunk_done(shards: Path, c: int, images: list[dict]) -> bool:
+    """A chunk is reusable when its dump is complete and holds exactly its images."""
     meta = _chunk_dir(shards, c) / "meta.json"
     if not meta.exists():
         return False
-    ids = [img["id"] for img in json.loads(meta.read_text())["images"]]
-    return ids == [img["id"] for img in _chunk_images(unlabeled, c)]
+    return [img["id"] for img in json.loads(meta.read_text())["images"]] == [
+        img["id"] for img in images]
 
 
-def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, unlabeled: dict,
-                  chunks: list[int]) -> None:
+def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, chunks: dict[int, list[dict]],
+                  categories: list[dict]) -> None:
     import torch
 
     from al_det import data, dist, models, train
@@ -80,8 +78,8 @@ def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, unlabeled: dict,
     model = train.load_trained(wd.cycle(k).model, cfg, len(cmap.labels), device)
     models.set_inference_params(model, cfg.infer.score_thresh, cfg.infer.detections_per_img)
     root = Path(cfg.data.pool_images)
-    for c in dist.progress(chunks, desc=f"infer cycle {k} (chunks)"):
-        part = {"images": _chunk_images(unlabeled, c), "categories": unlabeled["categories"]}
+    for c in dist.progress(list(chunks), desc=f"infer cycle {k} (chunks)"):
+        part = {"images": chunks[c], "categories": categories}
         loader = data.inference_loader(part, root, range(len(part["images"])),
                                        cfg.infer.batch_size, cfg.infer.workers)
         outputs = []
@@ -110,19 +108,23 @@ def _write_chunk(path: Path, part: dict, outputs: list[dict], cmap: coco.Categor
     )
 
 
-def merge_chunks(shards: Path, n_chunks: int, unlabeled: dict, out: Path, extra: dict) -> None:
+def merge_chunks(shards: Path, chunks: list[list[dict]], unlabeled: dict, out: Path,
+                 extra: dict) -> None:
     """Concatenate the chunk dumps into ``out``, streaming, after checking exact coverage."""
+    if not chunks:
+        raise DumpError(f"{out}: the unlabeled pool is empty: nothing left to acquire")
     dumps = []
-    for c in range(n_chunks):
-        if not _chunk_done(shards, c, unlabeled):
-            raise DumpError(f"{_chunk_dir(shards, c)}: shard missing or stale; rerun `al-det infer`")
+    for c, images in enumerate(chunks):
+        if not _chunk_done(shards, c, images):
+            raise DumpError(
+                f"{_chunk_dir(shards, c)}: shard missing or stale; rerun `al-det infer`")
         dumps.append(read_dump(_chunk_dir(shards, c)))
     images = [img for d in dumps for img in d.images]
     if [i["id"] for i in images] != [i["id"] for i in unlabeled["images"]]:
         raise DumpError(f"{shards}: the shards do not cover the unlabeled pool exactly once")
     sizes = [int(d.offsets[-1]) for d in dumps]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    offsets = np.concatenate([[0]] + [d.offsets[1:] + s for d, s in zip(dumps, starts)])
+    starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+    offsets = np.concatenate([[0]] + [d.offsets[1:] + s for d, s in zip(dumps, starts, strict=True)])
     with atomic.atomic_dir(out) as tmp:
         np.save(tmp / "offsets.npy", offsets.astype(np.int64))
         for name in PER_DETECTION:

@@ -16,9 +16,9 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 from al_det import atomic, coco, splits
 from al_det.config import ExperimentConfig, diff_configs, dump_config, load_config

@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from al_det.workdir import STAGES, Workdir
 

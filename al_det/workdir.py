@@ -85,7 +85,7 @@ class Workdir:
     def latest_cycle(self) -> int:
         cycles = self.cycles()
         if not cycles:
-            raise WorkdirError(f"{self.root}: no cycle yet: run `al-det init -c CONFIG -w {self.root}`")
+            raise WorkdirError(f"{self.root}: no cycle yet: run `al-det init -c CONFIG -w DIR`")
         return cycles[-1]
 
     def resolve_cycle(self, k: int | None) -> Cycle:

@@ -62,8 +62,9 @@ def test_missing_pool_named(tmp_path: Path) -> None:
 
 
 def test_overrides_parsed_as_yaml(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, BASE), ["train.lr=0.01", "acquire.inter=false",
-                                              "train.lr_steps=[0.5, 0.75]", "model.weights=DEFAULT"])
+    sets = ["train.lr=0.01", "acquire.inter=false", "train.lr_steps=[0.5, 0.75]",
+            "model.weights=DEFAULT"]
+    cfg = load_config(write(tmp_path, BASE), sets)
     assert cfg.train.lr == 0.01 and cfg.acquire.inter is False
     assert cfg.train.lr_steps == (0.5, 0.75) and cfg.model.weights == "DEFAULT"
     with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
