@@ -124,7 +124,8 @@ def merge_chunks(shards: Path, chunks: list[list[dict]], unlabeled: dict, out: P
         raise DumpError(f"{shards}: the shards do not cover the unlabeled pool exactly once")
     sizes = [int(d.offsets[-1]) for d in dumps]
     starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
-    offsets = np.concatenate([[0]] + [d.offsets[1:] + s for d, s in zip(dumps, starts, strict=True)])
+    shifted = [d.offsets[1:] + s for d, s in zip(dumps, starts, strict=True)]
+    offsets = np.concatenate([[0], *shifted])
     with atomic.atomic_dir(out) as tmp:
         np.save(tmp / "offsets.npy", offsets.astype(np.int64))
         for name in PER_DETECTION:
