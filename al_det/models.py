@@ -51,6 +51,8 @@ from al_det.errors import AlDetError, ConfigError
 
 SSD_FEATURE_LEVELS = ("0", "1")  # conv4_3 (stride 8) and fc7 (stride 16): the finest maps
 ROI_SIZE = 7
+TINY_WIDTHS = (16, 32, 64, 128)  # stem, then the stages at strides 4, 8, 16
+TINY_FPN_CHANNELS = 64
 
 
 # ----------------------------------------------------------------------------------- weights
@@ -188,12 +190,18 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class TinyBackbone(nn.Module):
-    """Four stride-2 stages of two conv-BN-ReLU each, with an FPN on strides 4, 8 and 16."""
+    """A small conv net for 128 px images: one stride-2 stem conv, then three stride-2 stages
+    of two conv-BN-ReLU each (strides 4, 8, 16) under an FPN of ``out_channels``.
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 128), out_channels: int = 64):
+    Narrow early layers keep the high-resolution convolutions cheap on a CPU.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = TINY_WIDTHS,
+                 out_channels: int = TINY_FPN_CHANNELS):
         super().__init__()
-        stages, cin = [], 3
-        for w in widths:
+        self.stem = _conv_bn(3, widths[0], 2)
+        stages, cin = [], widths[0]
+        for w in widths[1:]:
             stages.append(nn.Sequential(_conv_bn(cin, w, 2), _conv_bn(w, w, 1)))
             cin = w
         self.stages = nn.ModuleList(stages)
@@ -201,9 +209,9 @@ class TinyBackbone(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        x = self.stages[0](x)  # stride 2 is too fine to be worth an FPN level
+        x = self.stem(x)
         maps = OrderedDict()
-        for i, stage in enumerate(self.stages[1:]):
+        for i, stage in enumerate(self.stages):
             x = stage(x)
             maps[str(i)] = x
         return self.fpn(maps)

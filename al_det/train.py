@@ -137,15 +137,16 @@ def run_train(wd: Workdir, k: int, cfg: ExperimentConfig, *,
     tools). A cycle whose ``model.pth`` exists is left as it is.
     """
     cycle = wd.cycle(k)
-    if cycle.model.exists():
-        log.info("%s exists: cycle %d is trained", cycle.model, k)
-        return cycle.model
     info = dist.init_distributed(cfg.device)
+    if cycle.model.exists():
+        if info.is_main:
+            log.info("%s exists: cycle %d is trained", cycle.model, k)
+        return cycle.model
     check_train_config(cfg.train, info.world_size)
     run = _setup(wd, cycle, k, cfg, info)
     with _sigterm_flag() as stop:
         _train_loop(run, stop, on_iteration)
-    return _save_final(run)
+        return _save_final(run)  # a SIGTERM now lets the (short) final save finish
 
 
 def _setup(wd: Workdir, cycle: Cycle, k: int, cfg: ExperimentConfig,
@@ -158,6 +159,7 @@ def _setup(wd: Workdir, cycle: Cycle, k: int, cfg: ExperimentConfig,
     net = build_model(cfg.model, num_classes=len(cmap.labels),
                       score_thresh=cfg.infer.score_thresh,
                       detections_per_img=cfg.infer.detections_per_img).to(info.device)
+    net.train()
     params = [p for p in net.parameters() if p.requires_grad]
     t = cfg.train
     optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
@@ -182,7 +184,11 @@ def _dataset(wd: Workdir, cycle: Cycle, k: int,
         raise WorkdirError(f"{cycle.labeled}: missing; cycle {k} has no labeled split yet")
     if cfg.data.pool_images is None:
         raise ConfigError("data.pool_images is not set: name the folder of the pool's images")
-    cmap = CategoryMap.from_json(json.loads(wd.categories.read_text()), str(wd.categories))
+    try:
+        cmap = CategoryMap.from_json(json.loads(wd.categories.read_text()), str(wd.categories))
+    except (OSError, ValueError) as exc:
+        raise WorkdirError(f"{wd.categories}: missing or unreadable ({exc}); re-run "
+                           "`al-det init` for this work dir") from None
     labeled = load_coco(cycle.labeled)
     if not labeled["images"]:
         raise WorkdirError(f"{cycle.labeled}: no labeled images to train on")
@@ -200,10 +206,16 @@ def _seed_all(seed: int) -> None:
 # ------------------------------------------------------------------------------ the loop
 def _train_loop(run: _Run, stop: threading.Event,
                 on_iteration: Callable[[int], None] | None) -> None:
-    t = run.cfg.train
     bar = tqdm(total=run.total, initial=run.iteration, desc=f"train cycle {run.k}",
                disable=not run.info.is_main, dynamic_ncols=True,
                mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a Slurm log: rarely
+    with bar:
+        _epochs(run, stop, on_iteration, bar)
+
+
+def _epochs(run: _Run, stop: threading.Event, on_iteration: Callable[[int], None] | None,
+            bar: tqdm) -> None:
+    t = run.cfg.train
     started, start_iter = time.monotonic(), run.iteration
     while run.iteration < run.total:
         epoch, pos = divmod(run.iteration, run.per_epoch)
@@ -222,7 +234,6 @@ def _train_loop(run: _Run, stop: threading.Event,
                 save_checkpoint(run)
         if run.iteration < run.total and run.saved_at != run.iteration:
             save_checkpoint(run)  # epoch end
-    bar.close()
 
 
 def _batches(loader: Iterable) -> Iterator:
