@@ -53,6 +53,8 @@ SSD_FEATURE_LEVELS = ("0", "1")  # conv4_3 (stride 8) and fc7 (stride 16): the f
 ROI_SIZE = 7
 TINY_WIDTHS = (16, 32, 64, 128)  # stem, then the stages at strides 4, 8, 16
 TINY_FPN_CHANNELS = 64
+TINY_ROI_SIZE = 7
+TINY_BOX_BATCH = 64
 
 
 # ----------------------------------------------------------------------------------- weights
@@ -196,8 +198,7 @@ class TinyBackbone(nn.Module):
     Narrow early layers keep the high-resolution convolutions cheap on a CPU.
     """
 
-    def __init__(self, widths: tuple[int, ...] = TINY_WIDTHS,
-                 out_channels: int = TINY_FPN_CHANNELS):
+    def __init__(self, widths: tuple[int, ...], out_channels: int):
         super().__init__()
         self.stem = _conv_bn(3, widths[0], 2)
         stages, cin = [], widths[0]
@@ -229,10 +230,10 @@ def build_tiny_frcnn(cfg: ModelConfig, num_classes: int, score_thresh: float,
         raise ConfigError("model.name=tiny_frcnn has no pretrained weights: unset model.weights "
                           "and model.weights_backbone, or pick a torchvision model")
     anchors = AnchorGenerator(((12, 17), (24, 34), (48, 68)), ((0.5, 1.0, 2.0),) * 3)
-    roi_pool = MultiScaleRoIAlign(["0", "1", "2"], output_size=ROI_SIZE, sampling_ratio=2,
+    roi_pool = MultiScaleRoIAlign(["0", "1", "2"], output_size=TINY_ROI_SIZE, sampling_ratio=2,
                                   canonical_scale=56, canonical_level=3)
     return FasterRCNN(
-        TinyBackbone(),
+        TinyBackbone(TINY_WIDTHS, TINY_FPN_CHANNELS),
         num_classes=num_classes + 1,
         min_size=cfg.min_size,
         max_size=cfg.max_size,
@@ -243,7 +244,7 @@ def build_tiny_frcnn(cfg: ModelConfig, num_classes: int, score_thresh: float,
         rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_test=150,
         rpn_batch_size_per_image=128,
-        box_batch_size_per_image=128,
+        box_batch_size_per_image=TINY_BOX_BATCH,
         box_score_thresh=score_thresh,
         box_detections_per_img=detections_per_img,
     )

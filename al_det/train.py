@@ -122,11 +122,18 @@ class _Run:
     chash: str
     iteration: int = 0
     saved_at: int = -1
+    time_before: float = 0.0  # training seconds of the runs this one resumes
+    started: float = field(default_factory=time.monotonic)
     window: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def amp(self) -> bool:
         return self.scaler.is_enabled()
+
+    @property
+    def elapsed(self) -> float:
+        """Training seconds so far, the interrupted runs included."""
+        return self.time_before + time.monotonic() - self.started
 
 
 def run_train(wd: Workdir, k: int, cfg: ExperimentConfig, *,
@@ -216,7 +223,7 @@ def _train_loop(run: _Run, stop: threading.Event,
 def _epochs(run: _Run, stop: threading.Event, on_iteration: Callable[[int], None] | None,
             bar: tqdm) -> None:
     t = run.cfg.train
-    started, start_iter = time.monotonic(), run.iteration
+    run.started, start_iter = time.monotonic(), run.iteration
     while run.iteration < run.total:
         epoch, pos = divmod(run.iteration, run.per_epoch)
         loader = data.train_loader(
@@ -227,7 +234,7 @@ def _epochs(run: _Run, stop: threading.Event, on_iteration: Callable[[int], None
                 _interrupt(run)
             lr, losses = _step(run, images, targets)
             run.iteration += 1
-            _report(run, bar, lr, losses, epoch, time.monotonic() - started, start_iter)
+            _report(run, bar, lr, losses, epoch, time.monotonic() - run.started, start_iter)
             if on_iteration is not None:
                 on_iteration(run.iteration)
             if run.iteration % t.checkpoint_every == 0 and run.iteration < run.total:
@@ -352,7 +359,7 @@ def _report(run: _Run, bar: tqdm, lr: float, losses: dict[str, float], epoch: in
     rate = elapsed / max(1, run.iteration - start_iter)
     eta = round(rate * (run.total - run.iteration), 1)
     line = {"iter": run.iteration, "epoch": epoch + 1, "lr": lr, "loss": sum(mean.values()),
-            **mean, "time": round(elapsed, 3), "eta_s": eta}
+            **mean, "time": round(run.elapsed, 3), "eta_s": eta}
     append_log(run.cycle.train_log, line)
     run.window = []
 
@@ -413,7 +420,8 @@ def save_checkpoint(run: _Run) -> None:
         ckpt = {"version": CKPT_VERSION, "model": run.net.state_dict(),
                 "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
                 "iteration": run.iteration, "total_iters": run.total,
-                "world_size": run.info.world_size, "config_hash": run.chash, "rng": states}
+                "world_size": run.info.world_size, "config_hash": run.chash, "rng": states,
+                "elapsed": run.elapsed}
         with atomic_open(run.cycle.last_ckpt, "wb") as fh:
             torch.save(ckpt, fh)
     run.saved_at = run.iteration
@@ -456,6 +464,7 @@ def _resume(run: _Run) -> None:
                     "repeat the uninterrupted one exactly", path, len(states), run.info.world_size)
     _set_rng_state(states[run.info.rank % len(states)])
     run.iteration = run.saved_at = int(ckpt["iteration"])
+    run.time_before = float(ckpt.get("elapsed", 0.0))
     if run.info.is_main:
         _trim_log(run.cycle.train_log, run.iteration)
         append_log(run.cycle.train_log, {"event": "resumed", "iter": run.iteration})
@@ -471,7 +480,8 @@ def _save_final(run: _Run) -> Path:
         payload = {"model": run.net.state_dict(), "name": run.cfg.model.name,
                    "num_classes": len(run.cmap.labels),
                    "categories": run.cmap.to_json()["categories"],
-                   "cycle": run.k, "iterations": run.total, "config_hash": run.chash}
+                   "cycle": run.k, "iterations": run.total, "config_hash": run.chash,
+                   "train_seconds": round(run.elapsed, 1)}
         with atomic_open(run.cycle.model, "wb") as fh:
             torch.save(payload, fh)
         run.cycle.last_ckpt.unlink(missing_ok=True)

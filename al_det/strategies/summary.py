@@ -18,9 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dump import Dump, check_finite_features
-from .base import SIM_BAND, cosine_sim64, enms_keep, instance_entropy, normalize_rows
+from .base import (NORM_EPS, SIM_BAND, cosine_sim64, enms_keep, instance_entropy,
+                   normalize_rows)
+from .blas import blas_threads
 
-CHUNK_DETS = 16384  # ~64 MB of float32 features per chunk at D=1024
+CHUNK_DETS = 8192  # ~32 MB of float32 features per chunk at D=1024
+WORKERS = 2  # the machines this targets have few cores; one chunk each
 
 
 class ProtoStore:
@@ -72,20 +75,14 @@ def summarize(dump: Dump, cand_rows: np.ndarray, t_enms: float | None,
     enms = np.zeros(n) if t_enms is not None else None
     store = ProtoStore(dump.feature_dim) if want_protos else None
     grp_img, grp_cls, grp_pres = [], [], []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        chunks = _image_chunks(dump.offsets)
-        nxt = pool.submit(_load_chunk, dump, *chunks[0]) if chunks else None
-        for k in range(len(chunks)):
-            data = nxt.result()
-            nxt = pool.submit(_load_chunk, dump, *chunks[k + 1]) if k + 1 < len(chunks) else None
-            out = _chunk_summary(data, dump.offsets, cand_index, t_enms, store)
-            if out is None:
-                continue
-            cidx, h_img, e_img, g = out
-            basic[cidx] = h_img
-            if enms is not None:
-                enms[cidx] = e_img
-            grp_img.append(g[0]), grp_cls.append(g[1]), grp_pres.append(g[2])
+    for out in _stream(dump, cand_index, t_enms, want_protos):
+        cidx, h_img, e_img, g, protos = out
+        basic[cidx] = h_img
+        if enms is not None:
+            enms[cidx] = e_img
+        if store is not None:
+            store.append(protos)  # in chunk order: groups stay in (image, class) order
+        grp_img.append(g[0]), grp_cls.append(g[1]), grp_pres.append(g[2])
     if store is not None:
         store.finish()
     gi = np.concatenate(grp_img) if grp_img else np.zeros(0, np.int64)
@@ -94,6 +91,25 @@ def summarize(dump: Dump, cand_rows: np.ndarray, t_enms: float | None,
     cls = np.concatenate(grp_cls) if grp_cls else np.zeros(0, np.int64)
     pres = np.concatenate(grp_pres) if grp_pres else np.zeros(0)
     return Summary(basic, enms, grp_start, cls, pres, store)
+
+
+def _stream(dump: Dump, cand_index: np.ndarray, t_enms: float | None, want_protos: bool):
+    """Chunk results in order; WORKERS threads each read and compute whole chunks (numpy
+    releases the GIL in reads, casts and matrix products), BLAS single-threaded."""
+    chunks = _image_chunks(dump.offsets)
+
+    def work(ab):
+        data = _load_chunk(dump, *ab)
+        return _chunk_summary(data, dump.offsets, cand_index, t_enms, want_protos)
+
+    with blas_threads(1), ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        pending = [pool.submit(work, ab) for ab in chunks[:WORKERS + 1]]
+        for k in range(len(chunks)):
+            out = pending.pop(0).result()
+            if k + WORKERS + 1 < len(chunks):
+                pending.append(pool.submit(work, chunks[k + WORKERS + 1]))
+            if out is not None:
+                yield out
 
 
 def _image_chunks(offsets: np.ndarray) -> list[tuple[int, int]]:
@@ -109,95 +125,86 @@ def _image_chunks(offsets: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _load_chunk(dump: Dump, a: int, b: int) -> tuple:
-    """Background part: read a chunk's arrays, check features, widen them to float32."""
+    """Read a chunk's arrays, check features, widen them to float32 (+ one zero pad row)."""
     o0, o1 = int(dump.offsets[a]), int(dump.offsets[b])
     feats = dump.rows("features").read(o0, o1)
     check_finite_features(feats, dump.path / "features.npy", o0)
-    x = feats.astype(np.float32, copy=False)
+    x = np.empty((o1 - o0 + 1, feats.shape[1]), np.float32)
+    x[:-1] = feats
+    x[-1] = 0.0
     del feats
     return (a, b, x, dump.rows("scores").read(o0, o1), dump.rows("labels").read(o0, o1))
 
 
 def _chunk_summary(data: tuple, offsets: np.ndarray, cand_index: np.ndarray,
-                   t_enms: float | None, store: ProtoStore | None):
+                   t_enms: float | None, want_protos: bool):
     a, b, x, scores, labels = data
-    counts = np.diff(offsets[a:b + 1])
     cand = cand_index[a:b]
     if (cand < 0).all():
         return None
-    img = np.repeat(cand, counts)
-    if (cand < 0).any():  # labeled images in the dump (coreset pools): skip their detections
-        m = img >= 0
-        x, scores, labels, img = x[m], scores[m], labels[m], img[m]
-    cidx = cand[cand >= 0]
-    c0 = int(cidx[0])
-    local = img - c0
-    nimg = int(cidx[-1]) - c0 + 1
+    img = np.repeat(cand, np.diff(offsets[a:b + 1]))
+    rows = np.flatnonzero(img >= 0)  # labeled images in the dump (coreset pools): skipped
+    scores, labels, img = scores[rows], labels[rows], img[rows]
+    cidx = cand[cand >= 0]  # contiguous candidate indices
+    local = img - cidx[0]
     h = instance_entropy(scores)
-    h_img = np.bincount(local, weights=h, minlength=nimg)  # row order, like a plain sum
+    h_img = np.bincount(local, weights=h, minlength=len(cidx))  # row order, like a plain sum
     perm = np.lexsort((np.arange(len(h)), -h, labels, local))
-    ls, lab_s, h_s = local[perm], labels[perm], h[perm]
+    ls, lab_s = local[perm], labels[perm]
     new = np.ones(len(perm), dtype=bool)
     new[1:] = (ls[1:] != ls[:-1]) | (lab_s[1:] != lab_s[:-1])
     starts = np.flatnonzero(new)
-    xs = x[perm]
-    del x
     pres = np.maximum.reduceat(scores[perm], starts).astype(np.float64) if len(perm) else \
         np.zeros(0)
-    if store is not None and len(perm):
-        store.append(_prototypes(xs, h_s, starts))
+    keep_s, protos = _groups(x, rows[perm], h[perm], starts, t_enms, want_protos)
     e_img = None
     if t_enms is not None:
         keep = np.zeros(len(perm), dtype=bool)
-        keep[perm] = _enms_sorted(xs, starts, t_enms)
+        keep[perm] = keep_s
         pick = np.lexsort((np.arange(len(h)), -h, local))  # the order Algorithm 1 adds them
         pick = pick[keep[pick]]
-        e_img = np.bincount(local[pick], weights=h[pick], minlength=nimg)
-    groups = (ls[starts] + c0, lab_s[starts].astype(np.int64), pres)
-    return cidx, h_img[cidx - c0], None if e_img is None else e_img[cidx - c0], groups
+        e_img = np.bincount(local[pick], weights=h[pick], minlength=len(cidx))
+    groups = (ls[starts] + cidx[0], lab_s[starts].astype(np.int64), pres)
+    return cidx, h_img, e_img, groups, protos
 
 
-def _prototypes(xs: np.ndarray, h_s: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Eq. 3 per group (entropy-weighted mean of raw features), then normalised."""
-    w = h_s.astype(np.float32)
-    num = np.add.reduceat(xs * w[:, None], starts, axis=0)
-    den = np.add.reduceat(h_s, starts)
-    return normalize_rows(num / den[:, None].astype(np.float32))
-
-
-def _enms_sorted(xs: np.ndarray, starts: np.ndarray, t: float) -> np.ndarray:
-    """ENMS keep-mask over detections sorted by (image, class, -entropy, row)."""
-    m = len(xs)
+def _groups(x, xrow, h_s, starts, t_enms, want_protos):
+    """ENMS keep-mask and prototypes of the (image, class) groups, whose detections are
+    ``x[xrow]`` in pick order. Groups are batched by size, padded to a power of two."""
+    m = len(xrow)
     sizes = np.diff(np.append(starts, m))
     keep = np.ones(m, dtype=bool)
-    multi = sizes > 1
-    if not multi.any():
-        return keep
-    xn = np.zeros((m + 1, xs.shape[1]), np.float32)  # last row: zero padding
-    xn[:m] = normalize_rows(xs)
-    pad = 2
-    while True:
-        sel = multi & (sizes <= pad) & (sizes > pad // 2)
-        if sel.any():
-            _enms_bucket(xs, xn, starts[sel], sizes[sel], pad, t, keep)
-        if pad >= sizes.max():
-            break
+    protos = np.zeros((len(starts), x.shape[1]), np.float32) if want_protos else None
+    pad = 1
+    while len(sizes) and pad // 2 < sizes.max():
+        sel = np.flatnonzero((sizes <= pad) & (sizes > pad // 2))
+        for part in np.array_split(sel, max(1, len(sel) * pad // CHUNK_DETS + 1)):
+            if len(part):
+                _bucket(x, xrow, h_s, starts[part], sizes[part], pad, t_enms, keep,
+                        protos, part)
         pad *= 2
-    return keep
+    return keep, protos
 
 
-def _enms_bucket(xs, xn, st, sz, pad, t, keep) -> None:
-    """Batched Gram matrices of groups padded to ``pad`` rows, then the greedy sweep."""
+def _bucket(x, xrow, h_s, st, sz, pad, t, keep, protos, gidx) -> None:
+    """One batch of groups padded to ``pad`` rows: Gram matrices, greedy ENMS, prototypes."""
     pos = np.arange(pad)
     valid = pos[None, :] < sz[:, None]
-    idx = np.where(valid, st[:, None] + pos[None, :], len(xn) - 1)
-    blk = xn[idx]
-    gram = blk @ blk.transpose(0, 2, 1)
+    sidx = np.where(valid, st[:, None] + pos[None, :], -1)  # -1: padding
+    blk = x[np.where(valid, xrow[sidx], len(x) - 1)]  # last row of x is zeros
+    inv = 1.0 / np.maximum(np.sqrt(np.einsum("gkd,gkd->gk", blk, blk)), np.float32(NORM_EPS))
+    if protos is not None:
+        w = np.where(valid, h_s[sidx], 0.0)
+        num = (w.astype(np.float32)[:, None, :] @ blk)[:, 0, :]
+        protos[gidx] = normalize_rows(num / w.sum(axis=1, keepdims=True).astype(np.float32))
+    if t is None or pad == 1:
+        return
+    gram = (blk @ blk.transpose(0, 2, 1)) * inv[:, :, None] * inv[:, None, :]
     sup = gram > t
     near = np.abs(gram - t) < SIM_BAND
     near &= valid[:, :, None] & valid[:, None, :]
     if near.any():  # borderline: decide in float64 from the raw features
         g, i, j = np.nonzero(near)
-        sup[g, i, j] = cosine_sim64(xs[idx[g, i]], xs[idx[g, j]]) > t
+        sup[g, i, j] = cosine_sim64(blk[g, i], blk[g, j]) > t
     k = enms_keep(sup, valid)
-    keep[idx[valid]] = k[valid]
+    keep[sidx[valid]] = k[valid]

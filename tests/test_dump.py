@@ -1,0 +1,154 @@
+"""The detections dump: round trip, and one rejection per rule of detections-dump.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from al_det.dump import read_dump, write_dump
+from al_det.errors import DumpError
+
+CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+IMAGES = [{"id": 11, "file_name": "a.jpg", "width": 8, "height": 8},
+          {"id": 22, "file_name": "b.jpg", "width": 8, "height": 8},
+          {"id": 33, "file_name": "c.jpg", "width": 8, "height": 8}]
+
+
+def arrays(dtype=np.float16):
+    return dict(offsets=[0, 2, 2, 3], boxes=np.ones((3, 4)), scores=[0.9, 0.1, 0.5],
+                labels=[3, 7, 3], features=np.arange(12).reshape(3, 4).astype(dtype))
+
+
+def make(tmp_path, **over):
+    kw = arrays()
+    kw.update(over)
+    return write_dump(tmp_path / "dump", IMAGES, CATS, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_round_trip(tmp_path, dtype):
+    path = make(tmp_path, features=arrays(dtype)["features"], image_features=np.zeros((3, 2)),
+                extra_meta={"model": "frcnn"})
+    d = read_dump(path)
+    assert d.image_ids == [11, 22, 33] and d.categories == CATS and d.feature_dim == 4
+    assert d.features.dtype == dtype and isinstance(d.features, np.memmap)
+    assert d.offsets.tolist() == [0, 2, 2, 3] and d.labels.dtype == np.int64
+    assert d.scores.dtype == np.float32 and d.image_features.shape == (3, 2)
+    assert d.meta["model"] == "frcnn" and d.features_checked
+
+
+def test_no_detections_at_all(tmp_path):
+    path = write_dump(tmp_path / "d", IMAGES, CATS, [0, 0, 0, 0], np.zeros((0, 4)), [], [],
+                      np.zeros((0, 5), np.float16))
+    assert read_dump(path).features.shape == (0, 5)
+
+
+def test_rewrite_replaces_atomically(tmp_path):
+    make(tmp_path)
+    make(tmp_path, scores=[0.2, 0.2, 0.2])
+    assert read_dump(tmp_path / "dump").scores.tolist() == pytest.approx([0.2] * 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["dump"]
+
+
+def test_interrupted_writer_leaves_no_dump(tmp_path):
+    with pytest.raises(DumpError):
+        make(tmp_path, features=np.zeros(3))  # fails inside the writer
+    assert not (tmp_path / "dump").exists()
+
+
+def _edit_meta(path, **kv):
+    meta = json.loads((path / "meta.json").read_text())
+    meta.update(kv)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing_file", "labels.npy: missing"),
+    ("missing_dir", "not found"),
+    ("bad_format", "unknown format/version"),
+    ("bad_version", "unknown format/version"),
+    ("meta_not_json", "not valid JSON"),
+    ("dup_image", "duplicate image id 22"),
+    ("offsets_len", "offsets.npy: must be integer"),
+    ("offsets_start", "not a valid CSR"),
+    ("offsets_decreasing", "not a valid CSR"),
+    ("scores_len", "scores.npy: expected shape"),
+    ("features_dim", "features.npy: expected shape"),
+    ("not_npy", "not a readable NumPy"),
+])
+def test_structure_rejected(tmp_path, case, match):
+    path = make(tmp_path)
+    if case == "missing_file":
+        (path / "labels.npy").unlink()
+    elif case == "missing_dir":
+        path = tmp_path / "nope"
+    elif case == "bad_format":
+        _edit_meta(path, format="other")
+    elif case == "bad_version":
+        _edit_meta(path, version=2)
+    elif case == "meta_not_json":
+        (path / "meta.json").write_text("{")
+    elif case == "dup_image":
+        _edit_meta(path, images=IMAGES[:2] + [IMAGES[1]])
+    elif case == "offsets_len":
+        np.save(path / "offsets.npy", np.array([0, 3], np.int64))
+    elif case == "offsets_start":
+        np.save(path / "offsets.npy", np.array([1, 2, 2, 3], np.int64))
+    elif case == "offsets_decreasing":
+        np.save(path / "offsets.npy", np.array([0, 2, 1, 3], np.int64))
+    elif case == "scores_len":
+        np.save(path / "scores.npy", np.zeros(2, np.float32))
+    elif case == "features_dim":
+        _edit_meta(path, feature_dim=5)
+    elif case == "not_npy":
+        (path / "boxes.npy").write_bytes(b"garbage")
+    with pytest.raises(DumpError, match=match):
+        read_dump(path)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("labels", [3, 5, 3], "row 1 has label 5"),
+    ("scores", [0.9, 1.5, 0.5], "row 1 has score 1.5"),
+    ("scores", [0.9, -0.1, 0.5], "row 1 has score"),
+    ("scores", [0.9, 0.1, np.nan], "row 2 has score nan"),
+    ("boxes", [[1, 1, 1, 1], [1, np.inf, 1, 1], [1, 1, 1, 1]], "boxes.npy: NaN or infinity"),
+])
+def test_values_rejected(tmp_path, field, value, match):
+    with pytest.raises(DumpError, match=match):
+        read_dump(make(tmp_path, **{field: value}))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_feature_nan_rejected(tmp_path, dtype, bad):
+    f = arrays(dtype)["features"]
+    f[2, 1] = bad
+    path = make(tmp_path, features=f)
+    with pytest.raises(DumpError, match="features.npy: NaN or infinity in detection row 2"):
+        read_dump(path)
+    d = read_dump(path, check_features=False)  # deferred: acquisition's pass rejects it
+    from al_det.acquire import select_images
+    lab = {"images": [], "categories": CATS, "annotations": []}
+    for strategy in ("enms_divproto", "entropy"):
+        with pytest.raises(DumpError, match="row 2"):
+            select_images(d, lab, 1, strategy, {})
+
+
+def test_large_float16_values_are_finite(tmp_path):
+    f = np.full((3, 4), 65504, np.float16)  # largest finite half
+    read_dump(make(tmp_path, features=f))
+
+
+def test_image_features_nan_rejected(tmp_path):
+    with pytest.raises(DumpError, match="image_features.npy"):
+        read_dump(make(tmp_path, image_features=np.full((3, 2), np.nan)))
+
+
+def test_reading_does_not_import_torch():
+    code = ("import sys, al_det.acquire, al_det.dump, al_det.strategies; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
