@@ -12,9 +12,10 @@ import dataclasses
 import difflib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Selection:
             "params": dict(self.params),
             "seed": self.seed,
             "images": [{"id": i, "key": k, "reason": r}
-                       for i, k, r in zip(self.image_ids, self.keys, self.reasons)],
+                       for i, k, r in zip(self.image_ids, self.keys, self.reasons, strict=True)],
         }
 
 

@@ -46,7 +46,9 @@ def run_acquire_cycle(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection |
     cycle = wd.cycle(k)
     labeled = json.loads(cycle.labeled.read_text())
     unlabeled = json.loads(cycle.unlabeled.read_text())
-    dump = read_dump(cycle.dump)
+    # infer validated the whole dump when it merged it; the strategies that use the features
+    # check them again in their single pass, so they are not read twice here
+    dump = read_dump(cycle.dump, check_features=False)
     _check_dump_matches(dump, unlabeled, cycle.dump)
     pool_size = len(labeled["images"]) + len(unlabeled["images"])
     budget = splits.resolve_count(cfg.acquire.budget, pool_size, "acquire.budget")

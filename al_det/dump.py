@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,8 @@ class NpyRows:
                                else np.lib.format.read_array_header_2_0)
                 shape, fortran, dtype = read_header(fh)
             except (ValueError, OSError) as exc:
-                raise DumpError(f"{path}: not a NumPy .npy file ({exc}); rewrite the dump") from exc
+                raise DumpError(f"{path}: not a NumPy .npy file ({exc}); "
+                                "rewrite the dump") from exc
             self.offset = fh.tell()
         if fortran and len(shape) > 1:
             raise DumpError(f"{path}: Fortran-ordered array; save it with numpy.save (C order)")
@@ -121,7 +123,8 @@ def check_finite_features(chunk: np.ndarray, path: Path, start: int) -> None:
     else:
         bits, mask, exp = chunk.view(np.uint32), np.uint32(0x7FFFFFFF), np.uint32(0x7F800000)
     if chunk.size and (bits & mask).max() >= exp:
-        row = start + int(np.flatnonzero(~np.isfinite(chunk).all(axis=tuple(range(1, chunk.ndim))))[0])
+        finite = np.isfinite(chunk).all(axis=tuple(range(1, chunk.ndim)))
+        row = start + int(np.flatnonzero(~finite)[0])
         raise DumpError(f"{path}: NaN or infinity in detection row {row}; fix the detector output")
 
 
@@ -171,7 +174,8 @@ def read_dump(path: str | os.PathLike, check_features: bool = True) -> Dump:
         raise DumpError(f"{path}: detections dump folder not found; run `al-det infer` first")
     meta = _read_meta(path)
     arrs = {name: _load(path, name) for name in ARRAYS}
-    image_features = _load(path, "image_features") if (path / "image_features.npy").exists() else None
+    has_img = (path / "image_features.npy").exists()
+    image_features = _load(path, "image_features") if has_img else None
     offsets = np.array(arrs["offsets"])  # N+1 ints: small, keep in memory
     n_images = len(meta["images"])
     _check_offsets(path, offsets, n_images)
@@ -220,7 +224,8 @@ def _load(path: Path, name: str) -> np.ndarray:
     try:
         return np.load(f, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise DumpError(f"{f}: not a readable NumPy .npy file ({exc}); rerun `al-det infer`") from exc
+        raise DumpError(f"{f}: not a readable NumPy .npy file ({exc}); "
+                        "rerun `al-det infer`") from exc
 
 
 def _check_offsets(path: Path, offsets: np.ndarray, n_images: int) -> None:

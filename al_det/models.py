@@ -12,7 +12,7 @@ exactly the detections of plain ``model(images)`` plus, per detection, an instan
 =================================  ===========================================  ======  ====
 model                              instance feature                             D       D2
 =================================  ===========================================  ======  ====
-tiny_frcnn                         box head (TwoMLPHead) output of its proposal 1024    64
+tiny_frcnn                         box head (TwoMLPHead) output of its proposal 1024    32
 fasterrcnn_resnet50_fpn            box head (TwoMLPHead) output of its proposal 1024    256
 fasterrcnn_mobilenet_v3_large_fpn  box head (TwoMLPHead) output of its proposal 1024    256
 retinanet_resnet50_fpn             RoIAlign 7x7 of the final box on FPN, mean   256     256
@@ -21,8 +21,8 @@ ssd300_vgg16                       RoIAlign 7x7 on conv4_3 and fc7, mean, cat  1
 =================================  ===========================================  ======  ====
 
 The image feature (D2) is the mean over feature levels of each spatially averaged map (for
-SSD: the concatenation of conv4_3's and fc7's), over the image's own region, not the padding,
-so it does not depend on which images share a batch. ``ssd300_vgg16`` always resizes to
+SSD: the concatenation of conv4_3's and fc7's), taken over the image's own region, not the
+padding that batching adds. ``ssd300_vgg16`` always resizes to
 300x300 (its architecture); ``model.min_size``/``max_size`` apply to the other models.
 """
 
@@ -52,7 +52,7 @@ from al_det.errors import AlDetError, ConfigError
 SSD_FEATURE_LEVELS = ("0", "1")  # conv4_3 (stride 8) and fc7 (stride 16): the finest maps
 ROI_SIZE = 7
 TINY_WIDTHS = (16, 32, 64, 128)  # stem, then the stages at strides 4, 8, 16
-TINY_FPN_CHANNELS = 64
+TINY_FPN_CHANNELS = 32
 TINY_ROI_SIZE = 7
 TINY_BOX_BATCH = 64
 
@@ -134,6 +134,20 @@ def build_fasterrcnn_mobilenet_v3_large_fpn(cfg: ModelConfig, num_classes: int,
     )
 
 
+@torch.no_grad()
+def _mute_background_column(head: nn.Module) -> None:
+    """Keep label 0 out of a sigmoid classifier's detections (RetinaNet, FCOS).
+
+    These heads score every column, background included; no target ever has label 0, so the
+    focal loss leaves a column that starts at probability 1e-6 there (its gradient vanishes),
+    instead of the 0.01 prior that an untrained model would emit as label-0 detections.
+    """
+    conv = head.cls_logits
+    weight = conv.weight.view(head.num_anchors, head.num_classes, *conv.weight.shape[1:])
+    weight[:, 0] = 0.0
+    conv.bias.view(head.num_anchors, head.num_classes)[:, 0] = -math.log((1 - 1e-6) / 1e-6)
+
+
 def build_retinanet_resnet50_fpn(cfg: ModelConfig, num_classes: int, score_thresh: float,
                                  detections_per_img: int) -> nn.Module:
     model, replace = _build_torchvision(
@@ -147,6 +161,8 @@ def build_retinanet_resnet50_fpn(cfg: ModelConfig, num_classes: int, score_thres
         model.head.classification_head = RetinaNetClassificationHead(
             old.cls_logits.in_channels, old.num_anchors, num_classes + 1
         )
+    if replace or cfg.weights is None:
+        _mute_background_column(model.head.classification_head)
     return model
 
 
@@ -163,6 +179,8 @@ def build_fcos_resnet50_fpn(cfg: ModelConfig, num_classes: int, score_thresh: fl
         model.head.classification_head = FCOSClassificationHead(
             old.cls_logits.in_channels, old.num_anchors, num_classes + 1
         )
+    if replace or cfg.weights is None:
+        _mute_background_column(model.head.classification_head)
     return model
 
 
@@ -223,8 +241,9 @@ def build_tiny_frcnn(cfg: ModelConfig, num_classes: int, score_thresh: float,
     """A Faster R-CNN small enough to train from scratch on CPU, for 128 px images.
 
     Anchors cover objects of about 8-90 px; the box head is torchvision's standard 1024-d
-    TwoMLPHead so its features are those the paper uses. Proposal and sampling counts are
-    lowered for speed: images hold a handful of objects.
+    TwoMLPHead (on 32 x 7 x 7 RoIs) so its features are those the paper uses. Proposal and
+    sampled-RoI counts are lowered for speed (images hold a handful of objects): the box
+    head's matrix products and RoIAlign's single-threaded backward dominate a CPU step.
     """
     if cfg.weights is not None or cfg.weights_backbone is not None:
         raise ConfigError("model.name=tiny_frcnn has no pretrained weights: unset model.weights "
@@ -273,9 +292,15 @@ def build_model(cfg: ModelConfig, num_classes: int, score_thresh: float = 0.05,
 
 def set_inference_params(model: nn.Module, score_thresh: float, detections_per_img: int) -> None:
     """Set the score threshold and the per-image cap on detections of a built model."""
+    model = _unwrap(model)
     target = model.roi_heads if _kind(model) == "rcnn" else model
     target.score_thresh = score_thresh
     target.detections_per_img = detections_per_img
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The detector inside a DistributedDataParallel wrapper, or the model itself."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _kind(model: nn.Module) -> str:
@@ -288,6 +313,7 @@ def _kind(model: nn.Module) -> str:
 
 def feature_dim(model: nn.Module) -> int:
     """D, the length of the instance feature of each detection (see the module docstring)."""
+    model = _unwrap(model)
     kind = _kind(model)
     if kind == "rcnn":
         return model.roi_heads.box_predictor.cls_score.in_features
@@ -298,6 +324,7 @@ def feature_dim(model: nn.Module) -> int:
 
 def image_feature_dim(model: nn.Module) -> int:
     """D2, the length of the image-level feature (see the module docstring)."""
+    model = _unwrap(model)
     return feature_dim(model) if _kind(model) == "ssd" else model.backbone.out_channels
 
 
@@ -316,6 +343,7 @@ def predict_with_features(model: nn.Module, images: list[Tensor]) -> list[dict[s
     (1..K), ``features`` [n, D] float32 and ``image_feature`` [D2] float32. The detections are
     those of ``model(images)`` in eval mode. The model's train/eval mode is restored after.
     """
+    model = _unwrap(model)
     kind = _kind(model)
     was_training = model.training
     model.eval()
@@ -450,7 +478,7 @@ def _image_features(maps: OrderedDict[str, Tensor], sizes: list[tuple[int, int]]
     """[N, C]: per image, the mean over levels of each map averaged over the image's region.
 
     Batched images are zero-padded to a common size; averaging only the part of each map
-    that covers the image keeps the feature independent of its batch neighbours.
+    that covers the image keeps the padding (set by its batch neighbours) out of the mean.
     """
     out = []
     for i, (h, w) in enumerate(sizes):

@@ -132,7 +132,9 @@ def run_one(args) -> None:
         extra = {"main": sel.reasons.count("main"), "fill": sel.reasons.count("fill")}
     wall = time.perf_counter() - t0
     hwm, maxrss = _peak_rss_mib()
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"what": args.run_one, "wall_s": round(wall, 2),
+                      "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
                       "peak_rss_mib": round(hwm, 1), "ru_maxrss_mib": round(maxrss, 1),
                       **extra}))
 

@@ -29,7 +29,7 @@ def ref_h(p):
 
 
 def ref_sim(a, b):
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
     na = math.sqrt(sum(x * x for x in a))
     nb = math.sqrt(sum(x * x for x in b))
     return dot / (max(na, 1e-12) * max(nb, 1e-12))
@@ -58,7 +58,8 @@ def ref_protos(dets):
         mine = [d for d in dets if d[0] == c]
         hs = [ref_h(p) for _, p, _ in mine]
         dim = len(mine[0][2])
-        out[c] = [sum(h * f[k] for h, (_, _, f) in zip(hs, mine)) / sum(hs) for k in range(dim)]
+        pairs = list(zip(hs, [f for _, _, f in mine], strict=True))
+        out[c] = [sum(h * f[k] for h, f in pairs) / sum(hs) for k in range(dim)]
     return out
 
 
@@ -112,12 +113,13 @@ def ref_divproto(cands, keys, labeled, b, p):
 
 def ref_coreset(cand_feats, lab_feats, b):
     def d2(x, y):
-        return sum((u - v) ** 2 for u, v in zip(x, y))
+        return sum((u - v) ** 2 for u, v in zip(x, y, strict=True))
 
     near = [min([d2(x, c) for c in lab_feats], default=math.inf) for x in cand_feats]
     taken = []
     for _ in range(b):
-        best = max((i for i in range(len(cand_feats)) if i not in taken), key=lambda i: (near[i], -i))
+        left = [i for i in range(len(cand_feats)) if i not in taken]
+        best = max(left, key=lambda i: (near[i], -i))
         taken.append(best)
         near = [min(near[i], d2(cand_feats[i], cand_feats[best])) for i in range(len(near))]
     return taken
@@ -246,7 +248,7 @@ def test_keys_match_reference(seed, tmp_path):
     images, offsets, scores, labels, feats, _ = arrays
     sel = select_images(dump, labeled, n_cand, "enms", {"t_enms": 0.5})
     row_of = {im["id"]: r for r, im in enumerate(images)}
-    for iid, key in zip(sel.image_ids, sel.keys):
+    for iid, key in zip(sel.image_ids, sel.keys, strict=True):
         r = row_of[iid]
         dets = [(int(labels[k]), float(scores[k]), [float(v) for v in feats[k]])
                 for k in range(offsets[r], offsets[r + 1])]

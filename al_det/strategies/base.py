@@ -10,8 +10,9 @@ within about 1e-6 of the threshold (float32 rounding of the stored prototypes).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import AcquireError
-from .base import (SIM_BAND, Picked, Pool, check_bool, check_unit, minority_quotas,
-                   stable_order)
+from .base import SIM_BAND, Picked, Pool, check_bool, check_unit, minority_quotas, stable_order
 from .summary import Summary, summarize
 
 BLOCK = 512
@@ -90,7 +89,7 @@ class _Walk:
 
     def passes_inter(self, i: int) -> bool:
         cls, pres = self.groups(i)
-        mp = max([p for c, p in zip(cls, pres) if c in self.minority], default=0.0)
+        mp = max([p for c, p in zip(cls, pres, strict=True) if c in self.minority], default=0.0)
         return mp > self.cfg.t_inter
 
     def run(self, order: np.ndarray) -> None:
@@ -116,7 +115,7 @@ class _Walk:
         if cache is not None:
             cache.add(i)
         if self.cfg.inter:
-            for c, p in zip(cls, pres):
+            for c, p in zip(cls, pres, strict=True):
                 if c in self.minority and p > self.cfg.t_inter:
                     self.minority[c] -= 1
                     if self.minority[c] == 0:
@@ -159,7 +158,7 @@ class _BlockCache:
         has = [self.walk.bank.get(c) is not None for c in cls]
         if not cls or (self.walk.cfg.intra_missing == "novel" and not all(has)):
             return -np.inf
-        vals = [v for v, h in zip(best.tolist(), has) if h]
+        vals = [v for v, h in zip(best.tolist(), has, strict=True) if h]
         return min(vals) if vals else -np.inf
 
     def _exact_max(self, a: int, b: int) -> np.ndarray:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dump import Dump, check_finite_features
-from .base import (NORM_EPS, SIM_BAND, cosine_sim64, enms_keep, instance_entropy,
-                   normalize_rows)
+from .base import NORM_EPS, SIM_BAND, cosine_sim64, enms_keep, instance_entropy, normalize_rows
 from .blas import blas_threads
 
 CHUNK_DETS = 8192  # ~32 MB of float32 features per chunk at D=1024
