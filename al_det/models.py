@@ -28,6 +28,7 @@ padding that batching adds. ``ssd300_vgg16`` always resizes to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredict
 from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
 from torchvision.models.detection.ssd import SSD, SSDClassificationHead
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 from torchvision.ops import boxes as box_ops
 
 from al_det.config import ModelConfig
@@ -281,13 +282,33 @@ MODELS: dict[str, Builder] = {
 
 
 def build_model(cfg: ModelConfig, num_classes: int, score_thresh: float = 0.05,
-                detections_per_img: int = 100) -> nn.Module:
-    """Build detector ``cfg.name`` for ``num_classes`` foreground classes (labels 1..K)."""
+                detections_per_img: int = 100, load_weights: bool = True) -> nn.Module:
+    """Build detector ``cfg.name`` for ``num_classes`` foreground classes (labels 1..K).
+
+    ``load_weights=False`` builds the architecture the configured pretrained weights imply
+    without fetching them, for loading a model al-det trained (no download at inference).
+    """
     if cfg.name not in MODELS:
         raise ConfigError(f"model.name={cfg.name!r} is unknown: use one of {', '.join(MODELS)}")
     if num_classes < 1:
         raise AlDetError(f"a detector needs at least one category, got {num_classes}")
-    return MODELS[cfg.name](cfg, num_classes, score_thresh, detections_per_img)
+    pretrained = cfg.weights is not None or cfg.weights_backbone is not None
+    if load_weights or not pretrained:
+        return MODELS[cfg.name](cfg, num_classes, score_thresh, detections_per_img)
+    bare = dataclasses.replace(cfg, weights=None, weights_backbone=None)
+    model = MODELS[cfg.name](bare, num_classes, score_thresh, detections_per_img)
+    _freeze_batchnorm(model.backbone)
+    return model
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Swap BatchNorm2d for FrozenBatchNorm2d, as torchvision's builders do for pretrained
+    backbones, so a trained model's state dict fits (FrozenBN has default eps there too)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features))
+        else:
+            _freeze_batchnorm(child)
 
 
 def set_inference_params(model: nn.Module, score_thresh: float, detections_per_img: int) -> None:

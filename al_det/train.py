@@ -510,7 +510,7 @@ def load_trained(path: Path, cfg: ExperimentConfig, num_classes: int,
             f"{path}: holds a {ckpt.get('name')} for {ckpt.get('num_classes')} classes, but the "
             f"config asks for a {cfg.model.name} for {num_classes}; {fix}")
     model = build_model(cfg.model, num_classes=num_classes, score_thresh=cfg.infer.score_thresh,
-                        detections_per_img=cfg.infer.detections_per_img)
+                        detections_per_img=cfg.infer.detections_per_img, load_weights=False)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

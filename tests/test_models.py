@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torchvision.models._api import WeightsEnum
 
 from al_det import models
@@ -139,6 +140,31 @@ def test_coco_weights_get_a_new_class_head(monkeypatch: pytest.MonkeyPatch) -> N
     body = "backbone.body.0.0.weight"
     assert torch.equal(model.state_dict()[body], state[body])
     _check_against_stock(model)
+
+
+def test_trained_model_loads_without_fetching_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model trained from ImageNet weights (frozen BN) reloads with load_weights=False."""
+    calls = []
+    torch.manual_seed(0)
+    backbone_state = torchvision.models.mobilenet_v3_large().state_dict()  # "ImageNet" weights
+
+    def fake_fetch(self: WeightsEnum, *a: object, **kw: object) -> dict:
+        calls.append(self)
+        return backbone_state
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_fetch)
+    cfg = ModelConfig(name="fasterrcnn_mobilenet_v3_large_fpn", weights_backbone="IMAGENET1K_V1",
+                      min_size=64, max_size=64)
+    trained = models.build_model(cfg, K)
+    assert len(calls) == 1
+    again = models.build_model(cfg, K, load_weights=False)
+    assert len(calls) == 1  # nothing fetched
+    again.load_state_dict(trained.state_dict())  # strict: the same architecture
+    trained.eval(), again.eval()
+    image = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        a, b = trained.backbone(image[0][None]), again.backbone(image[0][None])
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize(
