@@ -74,40 +74,27 @@ def init(config_path: Path, workdir: Path, overrides: tuple[str, ...], force: bo
     run_init(config_path, workdir, overrides, force=force)
 
 
-@main.command()
-@workdir_opt
-@cycle_opt
-@force_opt
-@_friendly
-def train(workdir: Path, cycle: int | None, force: bool) -> None:
-    """Train the detector on the cycle's labeled split (torchrun: DDP)."""
-    from al_det.stages import run_stage
+def _stage_command(stage: str, summary: str) -> None:
+    """Register ``al-det <stage>``: the torch stages share their options and runner."""
 
-    run_stage("train", workdir, cycle, force)
+    @workdir_opt
+    @cycle_opt
+    @force_opt
+    @_friendly
+    def command(workdir: Path, cycle: int | None, force: bool) -> None:
+        from al_det.stages import run_stage
 
+        run_stage(stage, workdir, cycle, force)
 
-@main.command()
-@workdir_opt
-@cycle_opt
-@force_opt
-@_friendly
-def evaluate(workdir: Path, cycle: int | None, force: bool) -> None:
-    """COCO AP of the cycle's model on the test set -> metrics.json, summary.csv."""
-    from al_det.stages import run_stage
-
-    run_stage("evaluate", workdir, cycle, force)
+    command.__doc__ = summary
+    main.command(name=stage)(command)
 
 
-@main.command()
-@workdir_opt
-@cycle_opt
-@force_opt
-@_friendly
-def infer(workdir: Path, cycle: int | None, force: bool) -> None:
-    """Detections + instance features on the unlabeled pool -> the cycle's dump."""
-    from al_det.stages import run_stage
-
-    run_stage("infer", workdir, cycle, force)
+_stage_command("train", "Train the detector on the cycle's labeled split (torchrun: DDP).")
+_stage_command("evaluate", "COCO AP of the cycle's model on the test set -> metrics.json, "
+                           "summary.csv.")
+_stage_command("infer", "Detections + instance features on the unlabeled pool -> the cycle's "
+                        "dump.")
 
 
 @main.command()

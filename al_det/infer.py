@@ -78,15 +78,22 @@ def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, chunks: dict[int, 
     model = train.load_trained(wd.cycle(k).model, cfg, len(cmap.labels), device)
     models.set_inference_params(model, cfg.infer.score_thresh, cfg.infer.detections_per_img)
     root = Path(cfg.data.pool_images)
-    for c in dist.progress(list(chunks), desc=f"infer cycle {k} (chunks)"):
-        part = {"images": chunks[c], "categories": categories}
-        loader = data.inference_loader(part, root, range(len(part["images"])),
+    # one bar over this rank's images (rank 0 shows its own share), not over chunks
+    bar = dist.progress(range(sum(map(len, chunks.values()))), desc=f"infer cycle {k}",
+                        unit="img")
+    ticks = iter(bar)
+    for c, images_of_chunk in chunks.items():
+        part = {"images": images_of_chunk, "categories": categories}
+        loader = data.inference_loader(part, root, range(len(images_of_chunk)),
                                        cfg.infer.batch_size, cfg.infer.workers)
         outputs = []
         with torch.inference_mode():
             for images, _ids in loader:
                 outputs.extend(models.predict_with_features(model, [i.to(device) for i in images]))
+                for _ in images:
+                    next(ticks, None)
         _write_chunk(_chunk_dir(wd.cycle(k).shards, c), part, outputs, cmap, cfg)
+    next(ticks, None)  # close the bar
 
 
 def _write_chunk(path: Path, part: dict, outputs: list[dict], cmap: coco.CategoryMap,

@@ -93,7 +93,7 @@ def _generate_demo(wd: Workdir, cfg: ExperimentConfig) -> ExperimentConfig:
     from al_det.synthetic import generate
 
     syn = cfg.data.synthetic
-    paths = generate(wd.data, n_pool=syn.n_pool, n_test=syn.n_test,
+    paths = generate(wd.data.resolve(), n_pool=syn.n_pool, n_test=syn.n_test,
                      image_size=syn.image_size, seed=syn.seed)
     data = dataclasses.replace(
         cfg.data, pool=str(paths["pool"]), test=str(paths["test"]),

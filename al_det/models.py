@@ -149,40 +149,38 @@ def _mute_background_column(head: nn.Module) -> None:
     conv.bias.view(head.num_anchors, head.num_classes)[:, 0] = -math.log((1 - 1e-6) / 1e-6)
 
 
-def build_retinanet_resnet50_fpn(cfg: ModelConfig, num_classes: int, score_thresh: float,
-                                 detections_per_img: int) -> nn.Module:
+def _build_dense_resnet50(builder: Callable[..., nn.Module], weights_enum: Any,
+                          head_cls: type[nn.Module], cfg: ModelConfig, num_classes: int,
+                          score_thresh: float, detections_per_img: int) -> nn.Module:
+    """RetinaNet or FCOS on ResNet50-FPN: sigmoid class heads, so the background column is
+    muted (a new head would otherwise predict label 0)."""
     model, replace = _build_torchvision(
-        tvd.retinanet_resnet50_fpn, tvd.RetinaNet_ResNet50_FPN_Weights,
-        torchvision.models.ResNet50_Weights, cfg, num_classes,
+        builder, weights_enum, torchvision.models.ResNet50_Weights, cfg, num_classes,
         min_size=cfg.min_size, max_size=cfg.max_size,
         score_thresh=score_thresh, detections_per_img=detections_per_img,
     )
     if replace:
         old = model.head.classification_head
-        model.head.classification_head = RetinaNetClassificationHead(
+        model.head.classification_head = head_cls(
             old.cls_logits.in_channels, old.num_anchors, num_classes + 1
         )
     if replace or cfg.weights is None:
         _mute_background_column(model.head.classification_head)
     return model
+
+
+def build_retinanet_resnet50_fpn(cfg: ModelConfig, num_classes: int, score_thresh: float,
+                                 detections_per_img: int) -> nn.Module:
+    return _build_dense_resnet50(tvd.retinanet_resnet50_fpn, tvd.RetinaNet_ResNet50_FPN_Weights,
+                                 RetinaNetClassificationHead, cfg, num_classes, score_thresh,
+                                 detections_per_img)
 
 
 def build_fcos_resnet50_fpn(cfg: ModelConfig, num_classes: int, score_thresh: float,
                             detections_per_img: int) -> nn.Module:
-    model, replace = _build_torchvision(
-        tvd.fcos_resnet50_fpn, tvd.FCOS_ResNet50_FPN_Weights,
-        torchvision.models.ResNet50_Weights, cfg, num_classes,
-        min_size=cfg.min_size, max_size=cfg.max_size,
-        score_thresh=score_thresh, detections_per_img=detections_per_img,
-    )
-    if replace:
-        old = model.head.classification_head
-        model.head.classification_head = FCOSClassificationHead(
-            old.cls_logits.in_channels, old.num_anchors, num_classes + 1
-        )
-    if replace or cfg.weights is None:
-        _mute_background_column(model.head.classification_head)
-    return model
+    return _build_dense_resnet50(tvd.fcos_resnet50_fpn, tvd.FCOS_ResNet50_FPN_Weights,
+                                 FCOSClassificationHead, cfg, num_classes, score_thresh,
+                                 detections_per_img)
 
 
 def build_ssd300_vgg16(cfg: ModelConfig, num_classes: int, score_thresh: float,

@@ -97,7 +97,13 @@ def test_one_cycle_by_hand(tmp_path: Path) -> None:
 
     cli("infer", "-w", str(wd))
     check_dump(c0 / "dump", unlabeled)
-    cli("acquire", "-w", str(wd))
+    # acquire as its own process: it must not import torch (start-up time)
+    code = ("import sys\nfrom al_det.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, "acquire", "-w", str(wd)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "False", out.stderr
     c1 = wd / "cycle_001"
     nxt_l, nxt_u = load(c1 / "labeled.json"), load(c1 / "unlabeled.json")
     selected = [img["id"] for img in load(c0 / "selection.json")["images"]]
@@ -152,3 +158,15 @@ def test_run_all_cycles_and_rerun_is_a_no_op(tmp_path: Path) -> None:
     changed = CliRunner().invoke(main, ["run", "-c", str(cfg), "-w", str(wd), "--set",
                                         "train.epochs=2"])
     assert changed.exit_code == 2 and "train.epochs: 1 -> 2" in changed.output
+
+
+def test_relative_workdir_paths_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cli("init", "-c", "tiny.yaml", "-w", "runs/wd")
+    from al_det.config import load_config
+
+    frozen = load_config(tmp_path / "runs" / "wd" / "config.yaml")
+    assert Path(frozen.data.pool) == tmp_path / "runs" / "wd" / "data" / "pool.json"
+    assert (Path(frozen.data.pool_images) / "pool_000001.png").exists()
+    assert cli("status", "-w", "runs/wd").splitlines()[1].split()[:2] == ["0", "12"]

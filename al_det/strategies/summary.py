@@ -11,6 +11,7 @@ the candidates it visits. Also rejects NaN/inf in features (the dump check it re
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dump import Dump, check_finite_features
-from .base import NORM_EPS, SIM_BAND, cosine_sim64, enms_keep, instance_entropy, normalize_rows
+from .base import instance_entropy
 from .blas import blas_threads
+from .groups import Scratch, group_math
 
-CHUNK_DETS = 8192  # ~32 MB of float32 features per chunk at D=1024
+CHUNK_DETS = 32768  # 64 MB of float16 features per chunk and worker at D=1024
 WORKERS = 2  # the machines this targets have few cores; one chunk each
 
 
@@ -94,12 +96,20 @@ def summarize(dump: Dump, cand_rows: np.ndarray, t_enms: float | None,
 
 def _stream(dump: Dump, cand_index: np.ndarray, t_enms: float | None, want_protos: bool):
     """Chunk results in order; WORKERS threads each read and compute whole chunks (numpy
-    releases the GIL in reads, casts and matrix products), BLAS single-threaded."""
+    releases the GIL in reads, casts and matrix products, so one thread's read overlaps the
+    other's compute), BLAS single-threaded. Each running chunk borrows one Scratch."""
     chunks = _image_chunks(dump.offsets)
+    files = {name: dump.rows(name) for name in ("features", "scores", "labels")}
+    free: queue.Queue = queue.Queue()
+    for _ in range(WORKERS):
+        free.put(Scratch(dump.feature_dim, files["features"].dtype))
 
     def work(ab):
-        data = _load_chunk(dump, *ab)
-        return _chunk_summary(data, dump.offsets, cand_index, t_enms, want_protos)
+        s = free.get()
+        try:
+            return _chunk(dump, files, s, *ab, cand_index, t_enms, want_protos)
+        finally:
+            free.put(s)
 
     with blas_threads(1), ThreadPoolExecutor(max_workers=WORKERS) as pool:
         pending = [pool.submit(work, ab) for ab in chunks[:WORKERS + 1]]
@@ -123,25 +133,24 @@ def _image_chunks(offsets: np.ndarray) -> list[tuple[int, int]]:
     return bounds
 
 
-def _load_chunk(dump: Dump, a: int, b: int) -> tuple:
-    """Read a chunk's arrays, check features, widen them to float32 (+ one zero pad row)."""
+def _chunk(dump: Dump, files: dict, s: Scratch, a: int, b: int, cand_index: np.ndarray,
+           t_enms: float | None, want_protos: bool):
+    """Read image rows a:b and summarise their candidates (None if there are none)."""
     o0, o1 = int(dump.offsets[a]), int(dump.offsets[b])
-    feats = dump.rows("features").read(o0, o1)
-    check_finite_features(feats, dump.path / "features.npy", o0)
-    x = np.empty((o1 - o0 + 1, feats.shape[1]), np.float32)
-    x[:-1] = feats
-    x[-1] = 0.0
-    del feats
-    return (a, b, x, dump.rows("scores").read(o0, o1), dump.rows("labels").read(o0, o1))
-
-
-def _chunk_summary(data: tuple, offsets: np.ndarray, cand_index: np.ndarray,
-                   t_enms: float | None, want_protos: bool):
-    a, b, x, scores, labels = data
+    feats = files["features"]
+    raw = feats.read_into(o0, o1, s.raw_rows(o1 - o0))
     cand = cand_index[a:b]
+    if raw.dtype != np.float16 or (cand < 0).any():  # rows the float16 gather won't check
+        check_finite_features(raw, feats.path, o0)
     if (cand < 0).all():
         return None
-    img = np.repeat(cand, np.diff(offsets[a:b + 1]))
+
+    def nonfinite():  # raises, naming the first bad row
+        check_finite_features(raw, feats.path, o0)
+        raise AssertionError("non-finite float16 pattern not found again")
+
+    scores, labels = files["scores"].read(o0, o1), files["labels"].read(o0, o1)
+    img = np.repeat(cand, np.diff(dump.offsets[a:b + 1]))
     rows = np.flatnonzero(img >= 0)  # labeled images in the dump (coreset pools): skipped
     scores, labels, img = scores[rows], labels[rows], img[rows]
     cidx = cand[cand >= 0]  # contiguous candidate indices
@@ -155,7 +164,8 @@ def _chunk_summary(data: tuple, offsets: np.ndarray, cand_index: np.ndarray,
     starts = np.flatnonzero(new)
     pres = np.maximum.reduceat(scores[perm], starts).astype(np.float64) if len(perm) else \
         np.zeros(0)
-    keep_s, protos = _groups(x, rows[perm], h[perm], starts, t_enms, want_protos)
+    keep_s, protos = group_math(raw, rows[perm], h[perm], starts, t_enms, want_protos, s,
+                                nonfinite)
     e_img = None
     if t_enms is not None:
         keep = np.zeros(len(perm), dtype=bool)
@@ -165,45 +175,3 @@ def _chunk_summary(data: tuple, offsets: np.ndarray, cand_index: np.ndarray,
         e_img = np.bincount(local[pick], weights=h[pick], minlength=len(cidx))
     groups = (ls[starts] + cidx[0], lab_s[starts].astype(np.int64), pres)
     return cidx, h_img, e_img, groups, protos
-
-
-def _groups(x, xrow, h_s, starts, t_enms, want_protos):
-    """ENMS keep-mask and prototypes of the (image, class) groups, whose detections are
-    ``x[xrow]`` in pick order. Groups are batched by size, padded to a power of two."""
-    m = len(xrow)
-    sizes = np.diff(np.append(starts, m))
-    keep = np.ones(m, dtype=bool)
-    protos = np.zeros((len(starts), x.shape[1]), np.float32) if want_protos else None
-    pad = 1
-    while len(sizes) and pad // 2 < sizes.max():
-        sel = np.flatnonzero((sizes <= pad) & (sizes > pad // 2))
-        for part in np.array_split(sel, max(1, len(sel) * pad // CHUNK_DETS + 1)):
-            if len(part):
-                _bucket(x, xrow, h_s, starts[part], sizes[part], pad, t_enms, keep,
-                        protos, part)
-        pad *= 2
-    return keep, protos
-
-
-def _bucket(x, xrow, h_s, st, sz, pad, t, keep, protos, gidx) -> None:
-    """One batch of groups padded to ``pad`` rows: Gram matrices, greedy ENMS, prototypes."""
-    pos = np.arange(pad)
-    valid = pos[None, :] < sz[:, None]
-    sidx = np.where(valid, st[:, None] + pos[None, :], -1)  # -1: padding
-    blk = x[np.where(valid, xrow[sidx], len(x) - 1)]  # last row of x is zeros
-    inv = 1.0 / np.maximum(np.sqrt(np.einsum("gkd,gkd->gk", blk, blk)), np.float32(NORM_EPS))
-    if protos is not None:
-        w = np.where(valid, h_s[sidx], 0.0)
-        num = (w.astype(np.float32)[:, None, :] @ blk)[:, 0, :]
-        protos[gidx] = normalize_rows(num / w.sum(axis=1, keepdims=True).astype(np.float32))
-    if t is None or pad == 1:
-        return
-    gram = (blk @ blk.transpose(0, 2, 1)) * inv[:, :, None] * inv[:, None, :]
-    sup = gram > t
-    near = np.abs(gram - t) < SIM_BAND
-    near &= valid[:, :, None] & valid[:, None, :]
-    if near.any():  # borderline: decide in float64 from the raw features
-        g, i, j = np.nonzero(near)
-        sup[g, i, j] = cosine_sim64(blk[g, i], blk[g, j]) > t
-    k = enms_keep(sup, valid)
-    keep[sidx[valid]] = k[valid]
