@@ -10,8 +10,9 @@ import pytest
 
 from al_det.acquire import run_acquire_standalone, select_images
 from al_det.dump import read_dump, write_dump
-from al_det.errors import AcquireError, CocoError
-from al_det.strategies.base import minority_quotas
+from al_det.errors import AcquireError, CocoError, DumpError
+from al_det.strategies import groups as groups_mod
+from al_det.strategies.base import f16_bits_to_f32, minority_quotas
 from al_det.strategies.summary import summarize
 
 
@@ -270,3 +271,77 @@ def test_standalone_error_writes_nothing(tmp_path):
     with pytest.raises(AcquireError):
         run_acquire_standalone(tmp_path / "dump", lab, 50, "entropy", out, {})
     assert not out.exists() and not (tmp_path / "next.selection.json").exists()
+
+
+# ----------------------------------------------------------------- streaming-pass kernels
+
+
+def test_f16_bits_to_f32_equals_astype_on_every_finite_pattern():
+    bits = np.arange(-(2**15), 2**15, dtype=np.int64).astype(np.int16)
+    finite = np.isfinite(bits.view(np.float16))
+    src = bits[finite].reshape(-1, 4)  # 2-D like feature rows; 63,488 patterns
+    out = f16_bits_to_f32(src, np.empty(src.shape, np.float32))
+    want = src.view(np.float16).astype(np.float32)
+    assert np.array_equal(out.view(np.uint32), want.view(np.uint32))  # -0.0 and subnormals
+
+
+def ref_keep(feats, t):
+    """Algorithm 1's keep mask for one group already in pick order, in float64."""
+    f = feats.astype(np.float64)
+    unit = f / np.maximum(np.linalg.norm(f, axis=1), 1e-12)[:, None]
+    removed, keep = np.zeros(len(f), bool), np.zeros(len(f), bool)
+    for a in range(len(f)):
+        if not removed[a]:
+            keep[a] = True
+            removed[a + 1:] |= unit[a + 1:] @ unit[a] > t
+    return keep
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
+def test_group_math_matches_float64(dtype, t, monkeypatch):
+    """Large groups (up to 60 rows, blocks split across BLOCK_ROWS, many survivors of the
+    first pick) against a float64 greedy and float64 prototypes."""
+    monkeypatch.setattr(groups_mod, "BLOCK_ROWS", 64)
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(1, 61, 40)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    m, dim = int(sizes.sum()), 24
+    centres = rng.standard_normal((len(sizes), dim))
+    feats = (np.repeat(centres, sizes, axis=0) * rng.uniform(0, 1.5, (m, 1))
+             + rng.standard_normal((m, dim))).astype(dtype)
+    feats[starts[3] + 1] = 0.0  # a zero feature
+    perm = rng.permutation(m)  # group rows lie anywhere in the raw chunk
+    raw = np.empty_like(feats)
+    raw[perm] = feats
+    h = rng.uniform(0.01, 0.69, m)
+    s = groups_mod.Scratch(dim)
+    keep, protos = groups_mod.group_math(raw, perm, h, starts, t, True, s, lambda: None)
+    f64 = feats.astype(np.float64)
+    for g, (a, k) in enumerate(zip(starts, sizes, strict=True)):
+        assert keep[a:a + k].tolist() == ref_keep(feats[a:a + k], t).tolist(), g
+        p = h[a:a + k] @ f64[a:a + k] / h[a:a + k].sum()
+        np.testing.assert_allclose(protos[g], p / max(np.linalg.norm(p), 1e-12), atol=2e-6)
+
+
+@pytest.mark.parametrize("bits", [0x7C00, 0xFC00, 0x7E00, 0xFFFF, 0x7C01])  # inf, NaN, payloads
+@pytest.mark.parametrize("labeled_row", [False, True])
+def test_nonfinite_float16_rejected_by_every_streaming_strategy(tmp_path, bits, labeled_row):
+    imgs = [[(1, 0.5, [1, 0]), (1, 0.4, [1, 0.1]), (2, 0.3, [0, 1])], [(1, 0.2, [1, 1])], []]
+    d = build(tmp_path, imgs, dtype=np.float16)
+    f = np.load(d.path / "features.npy")
+    f.view(np.uint16)[1, 1] = bits
+    np.save(d.path / "features.npy", f)
+    d = read_dump(d.path, check_features=False)
+    lab = labeled(images=[{"id": 100}]) if labeled_row else labeled()
+    for strategy in ("enms", "divproto", "enms_divproto"):
+        with pytest.raises(DumpError, match="features.npy: NaN or infinity in detection row 1"):
+            select_images(d, lab, 1, strategy, {})
+
+
+def test_large_float16_features_are_not_taken_for_nan(tmp_path):
+    big = [65504.0, -65504.0, 65504.0]  # squared lengths above 2**32: exact recheck passes
+    d = build(tmp_path, [[(1, 0.5, big), (1, 0.4, big)], [(2, 0.3, big)]], dtype=np.float16)
+    sel = select_images(read_dump(d.path, check_features=False), labeled(), 2, "enms_divproto",
+                        {"inter": False})
+    assert sorted(sel.image_ids) == [100, 101]

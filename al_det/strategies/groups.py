@@ -15,29 +15,31 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import NORM_EPS, SIM_BAND, cosine_sim64, enms_keep, f16_bits_to_f32, normalize_rows
+from .base import (
+    NORM_EPS,
+    SIM_BAND,
+    cosine_sim64,
+    enms_keep,
+    f16_bits_to_f32,
+    normalize_rows,
+    sq_norms,
+)
 
-BLOCK_ROWS = 512  # float32 rows per block of groups (2 MiB at D=1024: stays in L3)
+BLOCK_ROWS = 1024  # float32 rows per block of groups (4 MiB at D=1024: mostly stays in L3)
 STEP_ROWS = 128  # rows per gather + widen step (fits L2 with its int16 copy)
 _F16_ABS = np.int16(0x7FFF)
 _F16_EXP = 0x7C00  # exponent all ones: NaN or infinity
+_F16_BAD_SQ = np.float32(2.0 ** 32)  # squared length reached by a widened NaN/inf
 
 
 class Scratch:
     """One worker's buffers, reused across chunks (no per-chunk allocation, no page faults)."""
 
-    def __init__(self, dim: int, dtype: np.dtype) -> None:
-        self.dim, self.dtype = dim, np.dtype(dtype)
-        self.raw = np.empty((0, dim), self.dtype)
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
         self.x = np.empty((BLOCK_ROWS, dim), np.float32)
         self.bits = np.empty((STEP_ROWS, dim), np.int16)
         self.tmp = np.empty((STEP_ROWS, dim), np.int16)
-
-    def raw_rows(self, n: int) -> np.ndarray:
-        """A buffer of at least n raw feature rows (grown to the largest chunk seen)."""
-        if len(self.raw) < n:
-            self.raw = np.empty((n, self.dim), self.dtype)
-        return self.raw
 
     def x_rows(self, n: int) -> np.ndarray:
         if len(self.x) < n:  # one group larger than a block
@@ -45,10 +47,10 @@ class Scratch:
         return self.x[:n]
 
 
-def features_f32(raw: np.ndarray, rows: np.ndarray, s: Scratch,
-                 on_nonfinite: Callable[[], None]) -> np.ndarray:
-    """``raw[rows]`` as float32, in ``s.x``. Float16 rows are checked for NaN/inf on the way
-    (``on_nonfinite`` must raise); float32 chunks are checked by the caller beforehand."""
+def features_f32(raw: np.ndarray, rows: np.ndarray, s: Scratch, check: bool,
+                 recheck: Callable[[], None]) -> np.ndarray:
+    """``raw[rows]`` as float32, in ``s.x``. With ``check``, float16 rows are checked for
+    NaN/inf on the way (``recheck`` raises); float32 chunks are checked by the caller."""
     x = s.x_rows(len(rows))
     if raw.dtype != np.float16:
         return np.take(raw, rows, axis=0, out=x)
@@ -57,28 +59,34 @@ def features_f32(raw: np.ndarray, rows: np.ndarray, s: Scratch,
         r = rows[a:a + STEP_ROWS]
         bits, tmp = s.bits[:len(r)], s.tmp[:len(r)]
         np.take(src, r, axis=0, out=bits)
-        np.bitwise_and(bits, _F16_ABS, out=tmp)
-        if tmp.max() >= _F16_EXP:
-            on_nonfinite()
+        if check:
+            np.bitwise_and(bits, _F16_ABS, out=tmp)
+            if tmp.max() >= _F16_EXP:
+                recheck()
         f16_bits_to_f32(bits, x[a:a + len(r)])
     return x
 
 
 def group_math(raw: np.ndarray, xrow: np.ndarray, h_s: np.ndarray, starts: np.ndarray,
                t_enms: float | None, want_protos: bool, s: Scratch,
-               on_nonfinite: Callable[[], None]) -> tuple[np.ndarray, np.ndarray | None]:
+               recheck: Callable[[], None]) -> tuple[np.ndarray, np.ndarray | None]:
     """ENMS keep-mask (per sorted detection) and normalised prototypes (per group).
 
     Group g's detections are ``raw[xrow[starts[g]:starts[g + 1]]]`` in pick order, with
     entropies ``h_s`` (float64). ENMS only when ``t_enms`` is given, prototypes when asked.
+    Float16 rows are checked for NaN/inf (``recheck`` checks the whole chunk exactly and
+    raises): by their bits, or, where ENMS computes their lengths anyway, by those lengths
+    (the widening turns NaN/inf into magnitudes >= 2**16, finite float16 stay below, so a
+    squared length >= 2**32 is a NaN/inf or a row of very large values: recheck).
     """
+    f16 = raw.dtype == np.float16
     m = len(xrow)
     sizes = np.diff(np.append(starts, m))
     keep = np.ones(m, dtype=bool)
     protos = np.empty((len(starts), raw.shape[1]), np.float32) if want_protos else None
     by_size = np.argsort(sizes, kind="stable")
+    pending: dict[int, list] = {}  # ENMS survivors, by padded size (see greedy)
     run_starts = np.flatnonzero(np.diff(sizes[by_size], prepend=-1))
-    pending: dict[int, list] = {}  # pad -> [(positions [n, k], suppression [n, k, k])]
     for gs in np.split(by_size, run_starts[1:]):
         if not len(gs):
             continue
@@ -87,47 +95,88 @@ def group_math(raw: np.ndarray, xrow: np.ndarray, h_s: np.ndarray, starts: np.nd
         for a in range(0, len(gs), per):
             g = gs[a:a + per]
             pos = starts[g][:, None] + np.arange(k)  # [n, k] positions in the sorted order
-            blk = features_f32(raw, xrow[pos.ravel()], s, on_nonfinite).reshape(len(g), k, -1)
+            enms = t_enms is not None and k > 1
+            blk = features_f32(raw, xrow[pos.ravel()], s, f16 and not enms, recheck)
+            blk = blk.reshape(len(g), k, -1)
             if protos is not None:
                 w = h_s[pos]
                 num = np.matmul(w.astype(np.float32)[:, None, :], blk)[:, 0, :]
                 protos[g] = normalize_rows(num / w.sum(axis=1, keepdims=True).astype(np.float32))
-            if t_enms is not None and k > 1:
-                pad = 1 << (k - 1).bit_length()
-                pending.setdefault(pad, []).append((pos, _suppression(blk, t_enms)))
-    for pad, parts in pending.items():
-        _greedy(parts, pad, keep)
+            if enms:
+                _enms_block(blk, pos, t_enms, keep, pending, recheck if f16 else None)
+    greedy(pending, keep)
     return keep, protos
 
 
-def _suppression(blk: np.ndarray, t: float) -> np.ndarray:
-    """``sup[g, a, b]``: cosine similarity of rows a and b of group g above t (float32 Gram
-    matrices; those within SIM_BAND of t decided again in float64 from the features)."""
-    gram = np.matmul(blk, blk.transpose(0, 2, 1))
-    inv = 1.0 / np.maximum(np.sqrt(np.diagonal(gram, axis1=1, axis2=2)), np.float32(NORM_EPS))
-    gram *= inv[:, :, None]
-    gram *= inv[:, None, :]
-    sup = gram > t
-    near = np.abs(gram - np.float32(t)) < SIM_BAND
+def _enms_block(blk: np.ndarray, pos: np.ndarray, t: float, keep: np.ndarray,
+                pending: dict, recheck: Callable[[], None] | None) -> None:
+    """Algorithm 1 on n groups of k >= 2 rows each in pick order (``pos``: their positions in
+    ``keep``). Sets ``keep`` for what the first pick decides and queues the rest for
+    :func:`greedy`.
+
+    ENMS keeps few detections (13% on the benchmark dump), most of them removed by the first
+    pick, so full k x k Gram matrices are mostly wasted, and BLAS runs such tiny products at
+    5-15x below its matrix-vector speed. Instead: one batched matrix-vector product gives
+    every row's similarity to its group's first pick (always kept); Gram matrices are formed
+    only among the survivors, and the greedy over them is batched per chunk. Similarities
+    within SIM_BAND of t are decided again in float64 from the features.
+    """
+    n, k, _ = blk.shape
+    sq = sq_norms(blk)  # [n, k]
+    if recheck is not None and not (sq < _F16_BAD_SQ).all():
+        recheck()
+    inv = 1.0 / np.maximum(np.sqrt(sq), np.float32(NORM_EPS))
+    sims = np.matmul(blk, blk[:, 0, :, None])[:, :, 0]
+    sims *= inv
+    sims *= inv[:, :1]
+    gone = _above(sims, t, lambda g, j: (blk[g, 0], blk[g, j]))
+    gone[:, 0] = False
+    keep[pos] = ~gone  # final for row 0, for the removed rows and for lone survivors
+    left = ~gone
+    left[:, 0] = False
+    n_left = left.sum(axis=1)
+    many = np.flatnonzero(n_left >= 2)  # groups whose survivors need their own Gram matrix
+    if not len(many):
+        return
+    a = int(n_left[many].max())
+    # survivors first, in pick order (a stable sort of "not a survivor"), padded to a columns
+    order = np.argsort(~left[many], axis=1, kind="stable")[:, :a]
+    valid = np.take_along_axis(left[many], order, axis=1)
+    xs = blk[many[:, None], order]  # [m, a, D] (padding: rows that are not survivors)
+    ivs = np.take_along_axis(inv[many], order, axis=1)
+    gram = np.matmul(xs, xs.transpose(0, 2, 1))
+    gram *= ivs[:, :, None]
+    gram *= ivs[:, None, :]
+    sup = _above(gram, t, lambda g, i, j: (xs[g, i], xs[g, j]))
+    where = np.take_along_axis(pos[many], order, axis=1)
+    pending.setdefault(1 << (a - 1).bit_length(), []).append((where, sup, valid))
+
+
+def _above(sims: np.ndarray, t: float, rows) -> np.ndarray:
+    """``sims > t``, with similarities within SIM_BAND of t recomputed in float64 from the
+    feature rows that ``rows(*index)`` gives for the index arrays of those entries."""
+    out = sims > t
+    near = np.abs(sims - np.float32(t)) < SIM_BAND
     if near.any():
-        g, i, j = np.nonzero(near)
-        sup[g, i, j] = cosine_sim64(blk[g, i], blk[g, j]) > t
-    return sup
+        idx = np.nonzero(near)
+        out[idx] = cosine_sim64(*rows(*idx)) > t
+    return out
 
 
-def _greedy(parts: list, pad: int, keep: np.ndarray) -> None:
-    """Algorithm 1's greedy for groups of sizes in (pad/2, pad], padded to pad and batched:
-    one sweep of ``enms_keep`` over pad positions serves them all."""
-    n = sum(len(pos) for pos, _ in parts)
-    sup = np.zeros((n, pad, pad), dtype=bool)
-    valid = np.zeros((n, pad), dtype=bool)
-    where = np.zeros((n, pad), dtype=np.int64)
-    o = 0
-    for pos, sp in parts:
-        b, k = pos.shape
-        sup[o:o + b, :k, :k] = sp
-        valid[o:o + b, :k] = True
-        where[o:o + b, :k] = pos
-        o += b
-    kept = enms_keep(sup, valid)
-    keep[where[valid]] = kept[valid]
+def greedy(pending: dict, keep: np.ndarray) -> None:
+    """The rest of Algorithm 1 for the survivors queued by :func:`_enms_block`, batched by
+    padded size (one sweep of ``enms_keep`` over pad positions serves all of a chunk)."""
+    for pad, parts in pending.items():
+        n = sum(len(w) for w, _, _ in parts)
+        sup = np.zeros((n, pad, pad), dtype=bool)
+        valid = np.zeros((n, pad), dtype=bool)
+        where = np.zeros((n, pad), dtype=np.int64)
+        o = 0
+        for w, sp, v in parts:
+            b, a = w.shape
+            sup[o:o + b, :a, :a] = sp
+            valid[o:o + b, :a] = v
+            where[o:o + b, :a] = w
+            o += b
+        kept = enms_keep(sup, valid)
+        keep[where[valid]] = kept[valid]
