@@ -10,10 +10,8 @@ Imports numpy only (``al-det acquire`` must not import torch).
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ VERSION = 1
 ARRAYS = ("offsets", "boxes", "scores", "labels", "features")
 FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 CHUNK_BYTES = 64 << 20  # per streamed read: bounded memory, large enough for full disk speed
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map all pages in one call
 
 
 class NpyRows:
@@ -54,7 +51,14 @@ class NpyRows:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a fresh in-memory array."""
-        out = np.empty((stop - start,) + self.shape[1:], self.dtype)
+        return self.read_into(start, stop, np.empty((stop - start,) + self.shape[1:], self.dtype))
+
+    def read_into(self, start: int, stop: int, buf: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` into the front of ``buf`` (C-contiguous, this file's dtype and row
+        shape, at least ``stop - start`` rows); returns that view. Reusing one buffer saves the
+        page faults of a fresh allocation per chunk. (A memory map of the page cache instead
+        measured no faster overall: the copy saved came back as slower gathers from it.)"""
+        out = buf[:stop - start]
         view = memoryview(out.reshape(-1).view(np.uint8))
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -67,33 +71,6 @@ class NpyRows:
         finally:
             os.close(fd)
         return out
-
-    @contextmanager
-    def mapped(self, start: int, stop: int) -> Iterator[np.ndarray]:
-        """Rows ``start:stop`` as a read-only memory map, unmapped on exit (so only the rows
-        in use count in the resident set). Measured 3x cheaper than ``read_into`` from the
-        page cache: the pages are mapped, not copied. Let no view of it outlive the block."""
-        pos = self.offset + start * self.row_bytes
-        base = pos - pos % mmap.ALLOCATIONGRANULARITY
-        length = pos - base + (stop - start) * self.row_bytes
-        if stop <= start:
-            yield np.empty((0,) + self.shape[1:], self.dtype)
-            return
-        if os.path.getsize(self.path) < base + length:
-            raise DumpError(f"{self.path}: file is truncated; rewrite the dump")
-        with open(self.path, "rb") as fh:
-            mm = mmap.mmap(fh.fileno(), length, flags=mmap.MAP_SHARED | _MAP_POPULATE,
-                           prot=mmap.PROT_READ, offset=base)
-        arr = None
-        try:
-            arr = np.frombuffer(mm, self.dtype, (stop - start) * self.row_items, pos - base)
-            yield arr.reshape((stop - start,) + self.shape[1:])
-        finally:
-            del arr
-            try:
-                mm.close()
-            except BufferError:  # a view still alive: unmapped when the last one goes
-                pass
 
     def chunks(self, rows_per_chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` over the whole array in bounded chunks."""

@@ -315,7 +315,7 @@ def test_group_math_matches_float64(dtype, t, monkeypatch):
     raw = np.empty_like(feats)
     raw[perm] = feats
     h = rng.uniform(0.01, 0.69, m)
-    s = groups_mod.Scratch(dim)
+    s = groups_mod.Scratch(dim, np.dtype(dtype))
     keep, protos = groups_mod.group_math(raw, perm, h, starts, t, True, s, lambda: None)
     f64 = feats.astype(np.float64)
     for g, (a, k) in enumerate(zip(starts, sizes, strict=True)):

@@ -104,7 +104,7 @@ def _stream(dump: Dump, cand_index: np.ndarray, t_enms: float | None, want_proto
     cats = np.array(sorted({c["id"] for c in dump.categories}), dtype=np.int64)
     free: queue.Queue = queue.Queue()
     for _ in range(WORKERS):
-        free.put(Scratch(dump.feature_dim))
+        free.put(Scratch(dump.feature_dim, files["features"].dtype))
 
     def work(ab):
         s = free.get()
@@ -140,13 +140,13 @@ def _chunk(dump: Dump, files: dict, cats: np.ndarray, s: Scratch, a: int, b: int
     """Read image rows a:b and summarise their candidates (None if there are none)."""
     o0, o1 = int(dump.offsets[a]), int(dump.offsets[b])
     feats = files["features"]
-    with feats.mapped(o0, o1) as raw:  # results hold no view of raw (it is unmapped after)
-        cand = cand_index[a:b]
-        if raw.dtype != np.float16 or (cand < 0).any():  # rows the float16 path won't check
-            check_finite_features(raw, feats.path, o0)
-        if (cand < 0).all():
-            return None
-        return _summarise(dump, files, cats, s, a, b, o0, o1, raw, cand, t_enms, want_protos)
+    raw = feats.read_into(o0, o1, s.raw_rows(o1 - o0))
+    cand = cand_index[a:b]
+    if raw.dtype != np.float16 or (cand < 0).any():  # rows the float16 path won't check
+        check_finite_features(raw, feats.path, o0)
+    if (cand < 0).all():
+        return None
+    return _summarise(dump, files, cats, s, a, b, o0, o1, raw, cand, t_enms, want_protos)
 
 
 def _summarise(dump: Dump, files: dict, cats: np.ndarray, s: Scratch, a: int, b: int, o0: int,
