@@ -72,6 +72,17 @@ class NpyRows:
             os.close(fd)
         return out
 
+    def prefetch(self, start: int, stop: int) -> None:
+        """Ask the kernel to start reading rows ``start:stop`` into the page cache (no wait,
+        nothing mapped or copied), so that a later ``read`` of them overlaps disk with work."""
+        if hasattr(os, "posix_fadvise") and stop > start:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, self.offset + start * self.row_bytes,
+                                 (stop - start) * self.row_bytes, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
     def chunks(self, rows_per_chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` over the whole array in bounded chunks."""
         n = self.shape[0] if self.shape else 0

@@ -26,6 +26,7 @@ from .groups import Scratch, group_math
 
 CHUNK_DETS = 32768  # 64 MB of float16 features per chunk and worker at D=1024
 WORKERS = 2  # the machines this targets have few cores; one chunk each
+PREFETCH = 2  # chunks beyond those submitted whose features the kernel reads ahead
 
 
 class ProtoStore:
@@ -113,12 +114,20 @@ def _stream(dump: Dump, cand_index: np.ndarray, t_enms: float | None, want_proto
         finally:
             free.put(s)
 
+    def submit(j):
+        if j + PREFETCH < len(chunks):  # cold cache: disk reads ahead while we compute
+            a, b = chunks[j + PREFETCH]
+            files["features"].prefetch(int(dump.offsets[a]), int(dump.offsets[b]))
+        return pool.submit(work, chunks[j])
+
     with blas_threads(1), ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        pending = [pool.submit(work, ab) for ab in chunks[:WORKERS + 1]]
+        for a, b in chunks[:min(len(chunks), PREFETCH)]:
+            files["features"].prefetch(int(dump.offsets[a]), int(dump.offsets[b]))
+        pending = [submit(j) for j in range(min(len(chunks), WORKERS + 1))]
         for k in range(len(chunks)):
             out = pending.pop(0).result()
             if k + WORKERS + 1 < len(chunks):
-                pending.append(pool.submit(work, chunks[k + WORKERS + 1]))
+                pending.append(submit(k + WORKERS + 1))
             if out is not None:
                 yield out
 
