@@ -102,7 +102,7 @@ _stage_command("infer", "Detections + instance features on the unlabeled pool ->
               help="Work-dir mode: acquire for the cycle, config-driven.")
 @cycle_opt
 @click.option("--dets", type=click.Path(file_okay=False, path_type=Path),
-              help="File mode: a detections dump folder (shared/spec/detections-dump.md).")
+              help="File mode: a detections dump folder (docs/detections-dump.md).")
 @click.option("--labeled", type=click.Path(dir_okay=False, path_type=Path),
               help="File mode: the labeled set S as COCO JSON.")
 @click.option("--budget", type=int, help="File mode: number of images to select.")

@@ -30,6 +30,7 @@ def run_label(workdir: Path, cycle: int | None, annotations: Path, force: bool =
     if nxt.unlabeled.exists():
         raise WorkdirError(f"{nxt.root}: cycle {k + 1} already has its splits")
     with RunLock(wd):
+        atomic.clean_tmp(wd.root)  # what a killed earlier run left half-written
         to_label = json.loads(cur.to_label.read_text())
         labeled = json.loads(cur.labeled.read_text())
         unlabeled = json.loads(cur.unlabeled.read_text())
