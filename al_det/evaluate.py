@@ -20,6 +20,7 @@ from pathlib import Path
 
 from al_det import atomic, coco
 from al_det.config import ExperimentConfig
+from al_det.errors import ConfigError
 from al_det.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def run_evaluate(wd: Workdir, k: int, cfg: ExperimentConfig) -> dict | None:
     from al_det import dist
 
     cycle = wd.cycle(k)
+    if cfg.data.test is None:
+        raise ConfigError(f"{wd.config}: data.test is not set: there is no test set to evaluate")
     test_path = Path(cfg.data.test)
     test = coco.load_coco(test_path)
     results = _predict(wd, k, cfg, test)

@@ -107,6 +107,11 @@ def _load_inputs(cfg: ExperimentConfig) -> tuple[dict, dict | None, list[int] | 
     d = cfg.data
     labelling = cfg.mode == "labelling"
     pool = coco.load_coco(Path(d.pool), require_annotations=not labelling)
+    for key in ("pool_images", "test_images"):
+        folder = getattr(d, key)
+        if (key == "pool_images" or d.test is not None) and not (folder and Path(folder).is_dir()):
+            raise ConfigError(f"data.{key}={folder!r}: no such folder; point it at the folder "
+                              "the COCO file's file_name values are relative to")
     cmap = coco.CategoryMap(pool["categories"])
     test = None
     if d.test is not None:

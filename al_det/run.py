@@ -41,15 +41,20 @@ def run_experiment(config_path: Path, workdir: Path, overrides: Sequence[str] = 
                 if not wd.cycle(k).unlabeled.exists():
                     log.info("cycle %d: waiting for labels: run `al-det label`", k)
                     return
-                for stage in ("train", "evaluate", "infer"):
-                    if stage != "infer" or k < cfg.cycles - 1:
-                        if not wd.cycle(k).stage_done(stage):
-                            stage_function(stage)(wd, k, cfg)
+                for stage in _stages(cfg, last=k == cfg.cycles - 1):
+                    if not wd.cycle(k).stage_done(stage):
+                        stage_function(stage)(wd, k, cfg)
                 if k < cfg.cycles - 1 and not acquire_done(wd, k, cfg):
                     run_acquire_cycle(wd, k, cfg)
         finally:
             dist.cleanup()
     print(status_table(workdir))
+
+
+def _stages(cfg, last: bool) -> list[str]:  # noqa: ANN001 - an ExperimentConfig
+    """The torch stages of a cycle: no evaluation without a test set, no inference at the end."""
+    stages = ["train"] + (["evaluate"] if cfg.data.test is not None else [])
+    return stages if last else [*stages, "infer"]
 
 
 def status_table(workdir: Path) -> str:

@@ -170,3 +170,11 @@ def test_relative_workdir_paths_resolve(tmp_path: Path, monkeypatch: pytest.Monk
     assert Path(frozen.data.pool) == tmp_path / "runs" / "wd" / "data" / "pool.json"
     assert (Path(frozen.data.pool_images) / "pool_000001.png").exists()
     assert cli("status", "-w", "runs/wd").splitlines()[1].split()[:2] == ["0", "12"]
+
+
+def test_missing_image_folder_is_named(tmp_path: Path, demo_data: dict[str, Path]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  pool: {demo_data['pool']}\n  pool_images: {tmp_path / 'nope'}\n")
+    result = CliRunner().invoke(main, ["init", "-c", str(cfg), "-w", str(tmp_path / "wd")])
+    assert result.exit_code == 2 and "data.pool_images=" in result.output
+    assert "no such folder" in result.output and not (tmp_path / "wd").exists()
