@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,9 +32,15 @@ def run_experiment(config_path: Path, workdir: Path, overrides: Sequence[str] = 
 
     setup_logging()
     wd = Workdir(Path(workdir))
+    fresh = not wd.root.exists()
     with RunLock(wd):
         clean_tmp(wd.root)
-        run_init(config_path, workdir, overrides, force=force)
+        try:
+            run_init(config_path, workdir, overrides, force=force)
+        except BaseException:
+            if fresh and not wd.config.exists():  # a failed init leaves nothing behind
+                shutil.rmtree(wd.root, ignore_errors=True)
+            raise
         wd, cfg = open_workdir(workdir, force)
         dist.init_distributed(cfg.device)
         try:

@@ -68,12 +68,13 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "wd").exists()
 
 
-def test_missing_pool_file_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["init", "run"])
+def test_missing_pool_file_is_named(tmp_path: Path, command: str) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  pool: nowhere.json\n")
-    result = CliRunner().invoke(main, ["init", "-c", str(cfg), "-w", str(tmp_path / "wd")])
+    result = CliRunner().invoke(main, [command, "-c", str(cfg), "-w", str(tmp_path / "wd")])
     assert result.exit_code == 2 and "nowhere.json" in result.output
-    assert not (tmp_path / "wd" / "config.yaml").exists()
+    assert not (tmp_path / "wd").exists()
 
 
 @pytest.mark.slow
