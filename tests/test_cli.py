@@ -179,3 +179,17 @@ def test_missing_image_folder_is_named(tmp_path: Path, demo_data: dict[str, Path
     result = CliRunner().invoke(main, ["init", "-c", str(cfg), "-w", str(tmp_path / "wd")])
     assert result.exit_code == 2 and "data.pool_images=" in result.output
     assert "no such folder" in result.output and not (tmp_path / "wd").exists()
+
+
+def test_changed_library_versions_refused_unless_forced(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    cli("init", "-c", str(write_config(tmp_path)), "-w", str(wd))
+    versions = load(wd / "versions.json")
+    (wd / "versions.json").write_text(json.dumps({**versions, "torch": "1.0.0"}))
+    refused = CliRunner().invoke(main, ["acquire", "-w", str(wd)])
+    assert refused.exit_code == 2
+    assert "versions.json" in refused.output and "torch: 1.0.0 -> " in refused.output
+    forced = CliRunner().invoke(main, ["acquire", "-w", str(wd), "--force"])
+    assert "dump folder not found" in forced.output  # past the check, stopped by the dump
+    history = [json.loads(line) for line in (wd / "history.jsonl").read_text().splitlines()]
+    assert history[0]["forced"] == "versions" and "torch: 1.0.0" in history[0]["changes"][0]
