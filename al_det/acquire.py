@@ -1,9 +1,9 @@
 """Acquisition: select the next images to label from a detections dump.
 
-Reads a dump (shared/spec/detections-dump.md) and the labeled COCO file; writes the selected
+Reads a dump (docs/detections-dump.md) and the labeled COCO file; writes the selected
 images as a COCO file (``OUT.json``: images in selection order, the categories, no
 annotations) and ``OUT.selection.json`` (strategy, resolved parameters, seed, and per selected
-image its id, key and reason). Semantics: shared/spec/acquisition.md. Imports no torch.
+image its id, key and reason). Semantics: docs/acquisition.md. Imports no torch.
 """
 
 from __future__ import annotations

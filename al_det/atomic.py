@@ -50,8 +50,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
-    with atomic_open(path, "w") as fh:
-        json.dump(obj, fh, indent=indent)
+    text = json.dumps(obj, indent=indent)  # not json.dump: only dumps uses the C encoder
+    with atomic_open(path, "w") as fh:  # (same text, several times faster on large files)
+        fh.write(text)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -19,7 +19,7 @@ class CocoError(AlDetError):
 
 
 class DumpError(AlDetError):
-    """A detections dump folder violates shared/spec/detections-dump.md."""
+    """A detections dump folder violates docs/detections-dump.md."""
 
 
 class SplitError(AlDetError):

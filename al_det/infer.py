@@ -1,7 +1,7 @@
 """``al-det infer``: detections and instance features of the unlabeled pool, as the dump spec says.
 
 Reads ``cycle_K/model.pth``, ``cycle_K/unlabeled.json`` and the pool images; writes
-``cycle_K/dump/`` (shared/spec/detections-dump.md) through per-chunk shards in
+``cycle_K/dump/`` (docs/detections-dump.md) through per-chunk shards in
 ``cycle_K/dump_shards/chunk_NNNNN/``. The pool is cut into chunks of ``infer.chunk_size`` images,
 independent of the number of processes; the chunks are dealt to the ranks exactly (no padding,
 no duplicates). A finished chunk is a complete dump of its own, so a killed or preempted job

@@ -1,4 +1,4 @@
-"""Hand-worked cases, one per rule of shared/spec/acquisition.md, plus acquire's errors."""
+"""Hand-worked cases, one per rule of docs/acquisition.md, plus acquire's errors."""
 
 from __future__ import annotations
 
@@ -88,11 +88,10 @@ def test_prototype_weighs_all_detections_by_entropy(tmp_path):
     s = summarize(d, np.array([0]), 0.5, want_protos=True)  # ENMS drops row 1, not from Eq. 3
     p = (H(0.5) * np.array([1, 0]) + H(0.1) * np.array([1, 0.2])) / (H(0.5) + H(0.1))
     assert s.grp_cls.tolist() == [1, 2] and s.grp_pres.tolist() == pytest.approx([0.5, 0.3])
-    got = s.protos.read(0, 2)
+    got = s.protos.of([0])
     np.testing.assert_allclose(got[0], p / np.linalg.norm(p), rtol=1e-6)
     np.testing.assert_allclose(got[1], [0, 1], atol=1e-7)
     assert s.enms[0] == pytest.approx(H(0.5) + H(0.3))
-    s.protos.close()
 
 
 # ----------------------------------------------------------------- DivProto
@@ -315,7 +314,7 @@ def test_group_math_matches_float64(dtype, t, monkeypatch):
     raw = np.empty_like(feats)
     raw[perm] = feats
     h = rng.uniform(0.01, 0.69, m)
-    s = groups_mod.Scratch(dim, np.dtype(dtype))
+    s = groups_mod.Scratch(dim)
     keep, protos = groups_mod.group_math(raw, perm, h, starts, t, True, s, lambda: None)
     f64 = feats.astype(np.float64)
     for g, (a, k) in enumerate(zip(starts, sizes, strict=True)):

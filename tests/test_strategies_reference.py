@@ -1,4 +1,4 @@
-"""The optimised strategies against a plain transcription of shared/spec/acquisition.md.
+"""The optimised strategies against a plain transcription of docs/acquisition.md.
 
 The reference below is written from the spec alone: pure Python loops and floats, one image
 and one detection at a time, no shared code with al_det.strategies. Randomised dumps (seeded)

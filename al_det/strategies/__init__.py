@@ -1,4 +1,4 @@
-"""Acquisition strategies (shared/spec/acquisition.md): a literal dict, name -> dataclass.
+"""Acquisition strategies (docs/acquisition.md): a literal dict, name -> dataclass.
 
 Each strategy is a frozen dataclass whose fields are its parameters, with one
 ``select(pool) -> Picked`` method. None of them imports torch.

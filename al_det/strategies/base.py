@@ -1,4 +1,4 @@
-"""Shared math of the strategies (shared/spec/acquisition.md, "Building blocks"), each once.
+"""Shared math of the strategies (docs/acquisition.md, "Building blocks"), each once.
 
 Pure numpy over in-memory arrays; reads and writes nothing. Numerical conventions:
 entropies, keys and every threshold comparison on scores are float64 (a float32 score is

@@ -1,11 +1,12 @@
-"""DivProto (Algorithm 2, shared/spec/acquisition.md) over candidates ordered by basic entropy.
+"""DivProto (Algorithm 2, docs/acquisition.md) over candidates ordered by basic entropy.
 
-Reads the pool's one-pass summary (prototypes from a temp file, only for visited candidates)
+Reads the pool's one-pass summary (prototypes computed on demand, only for visited candidates)
 and the labeled set's annotation counts; writes nothing. The walk goes over the ordered
 candidates in blocks: at the start of a block, the intra-class maxima of the block's candidates
 against the images selected so far are one matrix product per class, and each acceptance
 inside the block updates them with one vector product, so the result is exactly that of the
-one-by-one walk of the spec.
+one-by-one walk of the spec. Prototypes are computed only for the candidates a block can still
+test (protos.py).
 """
 
 from __future__ import annotations
@@ -128,23 +129,26 @@ class _BlockCache:
 
     def __init__(self, walk: _Walk, block: list[int]) -> None:
         self.walk, s = walk, walk.s
-        self.where = {}
-        parts, n = [], 0
+        self.where, n = {}, 0
         for i in block:
             a, b = int(s.grp_start[i]), int(s.grp_start[i + 1])
             self.where[i] = (n, n + b - a)
-            parts.append(s.protos.read(a, b))
             n += b - a
-        dim = s.protos.dim
-        self.protos = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        self.protos = s.protos.of(block)  # computed now, for just these candidates
         self.cls = np.concatenate([s.grp_cls[s.grp_start[i]:s.grp_start[i + 1]] for i in block]
                                   ) if block else np.zeros(0, np.int64)
         self.best = np.full(n, -np.inf, dtype=np.float32)
-        for c in np.unique(self.cls).tolist():
+        # per class: the block's rows of it and their prototypes (gathered once, reused by
+        # every acceptance in the block)
+        order = np.argsort(self.cls, kind="stable")
+        cuts = np.flatnonzero(np.diff(self.cls[order])) + 1
+        self.of_cls = {}
+        for rows in np.split(order, cuts) if n else []:
+            c, mine = int(self.cls[rows[0]]), self.protos[rows]
+            self.of_cls[c] = rows, mine
             mat = walk.bank.get(c)
             if mat is not None:
-                rows = np.flatnonzero(self.cls == c)
-                self.best[rows] = (self.protos[rows] @ mat.T).max(axis=1)
+                self.best[rows] = (mine @ mat.T).max(axis=1)
 
     def intra_ok(self, i: int) -> bool:
         a, b = self.where[i]
@@ -175,20 +179,16 @@ class _BlockCache:
         for k in range(a, b):
             c = int(self.cls[k])
             self.walk.bank.add(c, self.protos[k])
-            rows = np.flatnonzero(self.cls == c)
-            self.best[rows] = np.maximum(self.best[rows], self.protos[rows] @ self.protos[k])
+            rows, mine = self.of_cls[c]
+            self.best[rows] = np.maximum(self.best[rows], mine @ self.protos[k])
 
 
 def divproto_walk(s: Summary, keys: np.ndarray, pool: Pool, cfg: DivProto) -> Picked:
     """Main pass then fill-up (steps 4-5); keys are the ranking keys of the candidates."""
     order = stable_order(keys)
-    try:
-        walk = _Walk(s, pool, cfg)
-        with blas_threads(1):  # small products: threaded OpenBLAS measured 7x slower here
-            walk.run(order)  # with both switches off it accepts the first b: the plain ranking
-    finally:
-        if s.protos is not None:
-            s.protos.close()
+    walk = _Walk(s, pool, cfg)
+    with blas_threads(1):  # small products: threaded OpenBLAS measured 7x slower here
+        walk.run(order)  # with both switches off it accepts the first b: the plain ranking
     main = walk.selected
     taken = np.zeros(len(keys), dtype=bool)
     taken[main] = True

@@ -1,19 +1,17 @@
 """One streaming pass over a dump: per-candidate summaries for the entropy-based strategies.
 
-Reads ``features/scores/labels.npy`` once, in chunks of whole images, with explicit reads into
-reused buffers (two worker threads, each reading then computing its own chunk, so one's read
-overlaps the other's compute), and keeps only per-image summaries: basic entropy, ENMS
-entropy, and per (image, class) the class presence and the normalised prototype (the group
-math is in groups.py). Prototypes go to an unlinked temporary file (float32), so memory stays
-bounded whatever the pool size; the DivProto walk reads back only those of the candidates it
-visits. Also rejects NaN/inf in features (the dump check it replaces).
+Reads ``features/scores/labels.npy`` once, in chunks of whole images (features memory-mapped
+chunk by chunk, the rest read; two worker threads, each mapping then computing its own chunk,
+so one's page-table fill overlaps the other's compute), and keeps only per-image summaries:
+basic entropy, ENMS entropy, and per (image, class) the class presence (the group math is in
+groups.py). Prototypes are not made here: the DivProto walk computes those of the few
+candidates it visits from a second, targeted read (protos.py). Also rejects NaN/inf in
+features (the dump check it replaces).
 """
 
 from __future__ import annotations
 
-import os
 import queue
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,38 +20,12 @@ import numpy as np
 from ..dump import Dump, check_finite_features
 from .base import instance_entropy
 from .blas import blas_threads
-from .groups import Scratch, group_math
+from .groups import Scratch, group_math, group_order
+from .protos import LazyProtos
 
 CHUNK_DETS = 32768  # 64 MB of float16 features per chunk and worker at D=1024
 WORKERS = 2  # the machines this targets have few cores; one chunk each
 PREFETCH = 2  # chunks beyond those submitted whose features the kernel reads ahead
-
-
-class ProtoStore:
-    """Normalised float32 prototypes, one row per (image, class) group, in a temp file."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self.fh = tempfile.TemporaryFile(prefix="al-det-protos-")
-        self.rows = 0
-
-    def append(self, protos: np.ndarray) -> None:
-        self.fh.write(memoryview(np.ascontiguousarray(protos, dtype=np.float32)))
-        self.rows += len(protos)
-
-    def finish(self) -> None:
-        self.fh.flush()
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        out = np.empty((stop - start, self.dim), np.float32)
-        if stop > start:
-            view = memoryview(out.reshape(-1).view(np.uint8))
-            got = os.preadv(self.fh.fileno(), [view], start * self.dim * 4)
-            assert got == len(view), "prototype temp file short read"
-        return out
-
-    def close(self) -> None:
-        self.fh.close()
 
 
 @dataclass
@@ -65,38 +37,36 @@ class Summary:
     grp_start: np.ndarray  # int64 [n+1]
     grp_cls: np.ndarray  # int64 [G] category id, ascending within an image
     grp_pres: np.ndarray  # float64 [G] class presence p(i, c)
-    protos: ProtoStore | None
+    protos: LazyProtos | None
 
 
 def summarize(dump: Dump, cand_rows: np.ndarray, t_enms: float | None,
               want_protos: bool) -> Summary:
-    """Stream the dump once; ENMS only when ``t_enms`` is given, prototypes when asked."""
+    """Stream the dump once; ENMS only when ``t_enms`` is given. Prototypes, when asked, are
+    computed later and only for the candidates the DivProto walk looks at (``LazyProtos``):
+    it visits a few percent of the pool, so this pass needs no prototype at all."""
     n = len(cand_rows)
     cand_index = np.full(dump.num_images + 1, -1, dtype=np.int64)
     cand_index[cand_rows] = np.arange(n)
     basic = np.zeros(n)
     enms = np.zeros(n) if t_enms is not None else None
-    store = ProtoStore(dump.feature_dim) if want_protos else None
     grp_img, grp_cls, grp_pres = [], [], []
-    for out in _stream(dump, cand_index, t_enms, want_protos):
-        cidx, h_img, e_img, g, protos = out
+    for out in _stream(dump, cand_index, t_enms):
+        cidx, h_img, e_img, g = out
         basic[cidx] = h_img
         if enms is not None:
             enms[cidx] = e_img
-        if store is not None:
-            store.append(protos)  # in chunk order: groups stay in (image, class) order
         grp_img.append(g[0]), grp_cls.append(g[1]), grp_pres.append(g[2])
-    if store is not None:
-        store.finish()
     gi = np.concatenate(grp_img) if grp_img else np.zeros(0, np.int64)
     grp_start = np.zeros(n + 1, dtype=np.int64)
     grp_start[1:] = np.cumsum(np.bincount(gi, minlength=n))
     cls = np.concatenate(grp_cls) if grp_cls else np.zeros(0, np.int64)
     pres = np.concatenate(grp_pres) if grp_pres else np.zeros(0)
-    return Summary(basic, enms, grp_start, cls, pres, store)
+    protos = LazyProtos(dump, cand_rows) if want_protos else None
+    return Summary(basic, enms, grp_start, cls, pres, protos)
 
 
-def _stream(dump: Dump, cand_index: np.ndarray, t_enms: float | None, want_protos: bool):
+def _stream(dump: Dump, cand_index: np.ndarray, t_enms: float | None):
     """Chunk results in order; WORKERS threads each read and compute whole chunks (numpy
     releases the GIL in reads, casts and matrix products, so one thread's read overlaps the
     other's compute), BLAS single-threaded. Each running chunk borrows one Scratch."""
@@ -105,12 +75,12 @@ def _stream(dump: Dump, cand_index: np.ndarray, t_enms: float | None, want_proto
     cats = np.array(sorted({c["id"] for c in dump.categories}), dtype=np.int64)
     free: queue.Queue = queue.Queue()
     for _ in range(WORKERS):
-        free.put(Scratch(dump.feature_dim, files["features"].dtype))
+        free.put(Scratch(dump.feature_dim))
 
     def work(ab):
         s = free.get()
         try:
-            return _chunk(dump, files, cats, s, *ab, cand_index, t_enms, want_protos)
+            return _chunk(dump, files, cats, s, *ab, cand_index, t_enms)
         finally:
             free.put(s)
 
@@ -145,22 +115,23 @@ def _image_chunks(offsets: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _chunk(dump: Dump, files: dict, cats: np.ndarray, s: Scratch, a: int, b: int,
-           cand_index: np.ndarray, t_enms: float | None, want_protos: bool):
+           cand_index: np.ndarray, t_enms: float | None):
     """Read image rows a:b and summarise their candidates (None if there are none)."""
     o0, o1 = int(dump.offsets[a]), int(dump.offsets[b])
     feats = files["features"]
-    raw = feats.read_into(o0, o1, s.raw_rows(o1 - o0))
+    raw = feats.mapped(o0, o1)
     cand = cand_index[a:b]
-    if raw.dtype != np.float16 or (cand < 0).any():  # rows the float16 path won't check
+    # the float16 path of the ENMS math checks the rows it reads; check here what it won't:
+    # float32 chunks, labeled images' rows, and every row when there is no ENMS to do
+    if raw.dtype != np.float16 or (cand < 0).any() or t_enms is None:
         check_finite_features(raw, feats.path, o0)
     if (cand < 0).all():
         return None
-    return _summarise(dump, files, cats, s, a, b, o0, o1, raw, cand, t_enms, want_protos)
+    return _summarise(dump, files, cats, s, a, b, o0, o1, raw, cand, t_enms)
 
 
 def _summarise(dump: Dump, files: dict, cats: np.ndarray, s: Scratch, a: int, b: int, o0: int,
-               o1: int, raw: np.ndarray, cand: np.ndarray, t_enms: float | None,
-               want_protos: bool):
+               o1: int, raw: np.ndarray, cand: np.ndarray, t_enms: float | None):
     feats = files["features"]
     checked = []
 
@@ -177,32 +148,17 @@ def _summarise(dump: Dump, files: dict, cats: np.ndarray, s: Scratch, a: int, b:
     local = img - cidx[0]
     h = instance_entropy(scores)
     h_img = np.bincount(local, weights=h, minlength=len(cidx))  # row order, like a plain sum
-    hrank, n = _entropy_rank(h), len(h)
-    cls = np.searchsorted(cats, labels)  # dense class index (labels are checked categories)
-    perm = np.argsort((local * len(cats) + cls) * n + hrank)  # (image, class, pick order)
-    ls, lab_s = local[perm], labels[perm]
-    new = np.ones(len(perm), dtype=bool)
-    new[1:] = (ls[1:] != ls[:-1]) | (lab_s[1:] != lab_s[:-1])
-    starts = np.flatnonzero(new)
+    perm, starts, hrank = group_order(local, h, labels, cats)
     pres = np.maximum.reduceat(scores[perm], starts).astype(np.float64) if len(perm) else \
         np.zeros(0)
-    keep_s, protos = group_math(raw, rows[perm], h[perm], starts, t_enms, want_protos, s,
-                                recheck)
     e_img = None
     if t_enms is not None:
+        keep_s, _ = group_math(raw, rows[perm], h[perm], starts, t_enms, False, s, recheck)
         keep = np.zeros(len(perm), dtype=bool)
         keep[perm] = keep_s
-        pick = np.argsort(local * n + hrank)  # (image, pick order): the order Algorithm 1 adds
-        pick = pick[keep[pick]]
+        pick = np.argsort(local * len(h) + hrank)  # (image, pick order): the order Algorithm 1
+        pick = pick[keep[pick]]  # adds them in
         e_img = np.bincount(local[pick], weights=h[pick], minlength=len(cidx))
-    groups = (ls[starts] + cidx[0], lab_s[starts].astype(np.int64), pres)
-    return cidx, h_img, e_img, groups, protos
-
-
-def _entropy_rank(h: np.ndarray) -> np.ndarray:
-    """Each detection's place in the pick order of Algorithm 1 (largest entropy first, ties:
-    lower row first), as an integer, so that one integer key sorts by (image, class, pick):
-    several times faster than ``np.lexsort`` over those columns."""
-    rank = np.empty(len(h), dtype=np.int64)
-    rank[np.argsort(-h, kind="stable")] = np.arange(len(h))
-    return rank
+    first = perm[starts]
+    groups = (local[first] + cidx[0], labels[first].astype(np.int64), pres)
+    return cidx, h_img, e_img, groups
