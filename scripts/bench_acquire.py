@@ -40,6 +40,7 @@ def generate(args) -> None:
     dump = out / "dump"
     if (dump / "meta.json").exists():
         print(f"reusing {dump}")
+        _image_features(dump, args.images)
         return
     tmp = out / ".tmp-dump"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,17 @@ def generate(args) -> None:
              "bbox": [0, 0, 1, 1]} for k in range(len(lab_imgs) * 3)]
     (out / "labeled.json").write_text(json.dumps({"images": lab_imgs, "categories": cats,
                                                   "annotations": anns}))
+    _image_features(tmp, n)
     os.replace(tmp, dump)
+
+
+def _image_features(dump: Path, n: int, dim: int = 256) -> None:
+    """One image-level feature per image (what core-set uses), if the dump lacks them."""
+    path = dump / "image_features.npy"
+    if not path.exists():
+        feats = np.random.default_rng(1).standard_normal((n, dim), dtype=np.float32)
+        np.save(dump / ".tmp-image_features.npy", feats)
+        os.replace(dump / ".tmp-image_features.npy", path)
 
 
 def _evict(path: Path) -> None:
@@ -157,9 +168,9 @@ def main() -> None:
         return run_one(args)
     if args.generate_only:
         return generate(args)
-    if not (Path(args.out) / "dump" / "meta.json").exists():  # generate in a child process:
-        gen = [a for a in sys.argv if a != "--cold"]  # keeps this parent's RSS small
-        subprocess.run([sys.executable, __file__, "--generate-only"] + gen[1:], check=True)
+    # generate (or complete) the dump in a child process: keeps this parent's RSS small
+    gen = [a for a in sys.argv if a != "--cold"]
+    subprocess.run([sys.executable, __file__, "--generate-only"] + gen[1:], check=True)
     dump = Path(args.out) / "dump"
     size = (dump / "features.npy").stat().st_size / 2**30
     print(f"dump {dump}: {args.images} images, features.npy {size:.2f} GiB")
@@ -170,7 +181,8 @@ def main() -> None:
                "--budget", str(args.budget)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
-            print(res.stdout, res.stderr)
+            lines = (res.stderr.strip() or res.stdout.strip() or "failed").splitlines()
+            print(json.dumps({"what": what, "error": lines[-1]}))
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
         r["images_per_s"] = round(args.images / r["wall_s"])
