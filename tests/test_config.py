@@ -89,3 +89,17 @@ def test_shipped_configs_load_and_every_key_commented(name: str) -> None:
         stripped = line.strip()
         if stripped and not stripped.startswith("#") and ":" in stripped:
             assert "#" in line, f"{name}:{n}: key without a comment: {line!r}"
+
+
+def test_acquire_defaults_match_the_strategies() -> None:
+    """The config and each strategy's dataclass state the spec's defaults once each: keep equal."""
+    import dataclasses
+
+    from al_det.config import AcquireConfig
+    from al_det.strategies import STRATEGIES
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AcquireConfig)}
+    for name, cls in STRATEGIES.items():
+        for f in dataclasses.fields(cls):
+            if f.name in defaults:
+                assert f.default == defaults[f.name], (name, f.name)
