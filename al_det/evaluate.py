@@ -62,13 +62,13 @@ def _predict(wd: Workdir, k: int, cfg: ExperimentConfig, test: dict) -> list[dic
     """This rank's shard of the test set, as COCO result records."""
     import torch
 
-    from al_det import data, dist, models, train
+    from al_det import checkpoint, data, dist, models
 
     cmap = coco.CategoryMap.from_json(json.loads(wd.categories.read_text()))
     test_ids = cmap.match(test["categories"], cfg.data.test)
     to_test_id = {ours: theirs for theirs, ours in test_ids.items()}
     device = dist.device()
-    model = train.load_trained(wd.cycle(k).model, cfg, len(cmap.labels), device)
+    model = checkpoint.load_trained(wd.cycle(k).model, cfg, len(cmap.labels), device)
     models.set_inference_params(model, cfg.infer.score_thresh, cfg.infer.detections_per_img)
     indices = dist.shard_indices(len(test["images"]), dist.rank(), dist.world_size())
     loader = data.inference_loader(test, Path(cfg.data.test_images), indices,

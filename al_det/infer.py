@@ -71,11 +71,11 @@ def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, chunks: dict[int, 
                   categories: list[dict]) -> None:
     import torch
 
-    from al_det import data, dist, models, train
+    from al_det import checkpoint, data, dist, models
 
     cmap = coco.CategoryMap.from_json(json.loads(wd.categories.read_text()))
     device = dist.device()
-    model = train.load_trained(wd.cycle(k).model, cfg, len(cmap.labels), device)
+    model = checkpoint.load_trained(wd.cycle(k).model, cfg, len(cmap.labels), device)
     models.set_inference_params(model, cfg.infer.score_thresh, cfg.infer.detections_per_img)
     root = Path(cfg.data.pool_images)
     # one bar over this rank's images (rank 0 shows its own share), not over chunks

@@ -34,14 +34,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from al_det import data, dist
+from al_det import checkpoint, data, dist
 from al_det.atomic import atomic_open, write_json, write_text
 from al_det.coco import CategoryMap, load_coco
 from al_det.config import ExperimentConfig, TrainConfig
@@ -388,34 +387,9 @@ def _trim_log(path: Path, iteration: int) -> None:
 
 
 # ------------------------------------------------------------------------------ checkpoints
-def _rng_state() -> dict[str, Any]:
-    """This process's RNG states as tensors and plain containers (``weights_only`` loadable)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    cuda = state["cuda"]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
 def save_checkpoint(run: _Run) -> None:
     """Write ``last.pth`` (rank 0, atomically) with every rank's RNG states; all ranks call it."""
-    states = dist.all_gather_object(_rng_state())
+    states = dist.all_gather_object(checkpoint.rng_state())
     if run.info.is_main:
         ckpt = {"version": CKPT_VERSION, "model": run.net.state_dict(),
                 "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
@@ -428,22 +402,10 @@ def save_checkpoint(run: _Run) -> None:
     dist.barrier()  # nobody exits (and gets the job torn down) before the file is complete
 
 
-def _load(path: Path, fix: str) -> dict:
-    """``torch.load(weights_only=True)`` or a WorkdirError naming the file."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types on a bad file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WorkdirError(f"{path}: corrupted or unreadable ({reason}); {fix}") from None
-    if not isinstance(obj, dict):
-        raise WorkdirError(f"{path}: not an al-det checkpoint; {fix}")
-    return obj
-
-
 def _resume(run: _Run) -> None:
     path = run.cycle.last_ckpt
     fix = "delete it to restart training from scratch"
-    ckpt = _load(path, fix)
+    ckpt = checkpoint.load_file(path, fix)
     needed = {"model", "optimizer", "iteration", "rng"}
     if ckpt.get("version") != CKPT_VERSION or not needed <= ckpt.keys():
         raise WorkdirError(f"{path}: not an al-det training checkpoint (version 1); {fix}")
@@ -462,7 +424,7 @@ def _resume(run: _Run) -> None:
     if len(states) != run.info.world_size:
         log.warning("%s was written by %d processes, now %d: the run continues but will not "
                     "repeat the uninterrupted one exactly", path, len(states), run.info.world_size)
-    _set_rng_state(states[run.info.rank % len(states)])
+    checkpoint.set_rng_state(states[run.info.rank % len(states)])
     run.iteration = run.saved_at = int(ckpt["iteration"])
     run.time_before = float(ckpt.get("elapsed", 0.0))
     if run.info.is_main:
@@ -489,31 +451,3 @@ def _save_final(run: _Run) -> Path:
         log.info("cycle %d trained: %s", run.k, run.cycle.model)
     dist.barrier()
     return run.cycle.model
-
-
-def load_trained(path: Path, cfg: ExperimentConfig, num_classes: int,
-                 device: torch.device | str) -> nn.Module:
-    """The model saved by :func:`run_train`, in eval mode on ``device``.
-
-    ``num_classes`` is K, the number of foreground categories. A corrupted file, or one saved
-    for another detector or category count, is a WorkdirError naming the file.
-    """
-    from al_det.models import build_model
-
-    path = Path(path)
-    fix = "delete it and rerun `al-det train` for this cycle"
-    ckpt = _load(path, fix)
-    if "model" not in ckpt:
-        raise WorkdirError(f"{path}: not an al-det model file; {fix}")
-    if ckpt.get("name") != cfg.model.name or ckpt.get("num_classes") != num_classes:
-        raise WorkdirError(
-            f"{path}: holds a {ckpt.get('name')} for {ckpt.get('num_classes')} classes, but the "
-            f"config asks for a {cfg.model.name} for {num_classes}; {fix}")
-    model = build_model(cfg.model, num_classes=num_classes, score_thresh=cfg.infer.score_thresh,
-                        detections_per_img=cfg.infer.detections_per_img, load_weights=False)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise WorkdirError(f"{path}: does not fit the model ({str(exc).splitlines()[0]}); "
-                           f"{fix}") from None
-    return model.to(device).eval()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from al_det import atomic, dist
+from al_det import atomic, checkpoint, dist
 from al_det.coco import CategoryMap
 from al_det.workdir import Workdir
 
@@ -119,7 +119,6 @@ def _torchrun(script: Path, *args: str, timeout: float = 120) -> subprocess.Comp
 
 @pytest.mark.dist
 def test_torchrun_ddp_preempted_then_resumed(tmp_path: Path, demo_data: dict) -> None:
-    from al_det import train
     from al_det.config import DataConfig, ExperimentConfig, ModelConfig
 
     pool = json.loads(Path(demo_data["pool"]).read_text())
@@ -148,7 +147,7 @@ def test_torchrun_ddp_preempted_then_resumed(tmp_path: Path, demo_data: dict) ->
     assert [ln["iter"] for ln in log if "loss" in ln] == [2]  # rank 0 alone logs
     cfg = ExperimentConfig(data=DataConfig(pool=str(demo_data["pool"])),
                            model=ModelConfig(name="tiny_frcnn", min_size=64, max_size=64))
-    model = train.load_trained(cycle.model, cfg, len(pool["categories"]), "cpu")
+    model = checkpoint.load_trained(cycle.model, cfg, len(pool["categories"]), "cpu")
     assert not any(k.startswith("module.") for k in model.state_dict())  # unwrapped from DDP
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from al_det import atomic, train
+from al_det import atomic, checkpoint, train
 from al_det.coco import CategoryMap
 from al_det.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from al_det.errors import AlDetError, CocoError, ConfigError, WorkdirError
@@ -94,7 +94,7 @@ def test_trains_and_writes_model_and_log(tmp_path: Path, demo_data: dict,
     assert [ln["epoch"] for ln in lines] == [1, 2]
     assert lines[-1]["lr"] == pytest.approx(train.lr_at(3, 4, cfg.train))
     assert {"loss", "loss_classifier", "loss_box_reg", "time", "eta_s"} <= lines[-1].keys()
-    model = train.load_trained(path, cfg, 6, "cpu")
+    model = checkpoint.load_trained(path, cfg, 6, "cpu")
     assert not model.training
     with torch.inference_mode():
         out = model([torch.rand(3, 128, 128)])
@@ -189,7 +189,7 @@ def test_corrupted_checkpoint_is_named_never_retrained(tmp_path: Path, demo_data
     model = tmp_path / "model.pth"
     model.write_bytes(b"\x00" * 100)
     with pytest.raises(WorkdirError, match=str(model)):
-        train.load_trained(model, cfg, 6, "cpu")
+        checkpoint.load_trained(model, cfg, 6, "cpu")
 
 
 def test_missing_image_error_names_file_and_id(tmp_path: Path, demo_data: dict) -> None:
