@@ -69,9 +69,11 @@ def main() -> None:
 @_friendly
 def init(config_path: Path, workdir: Path, overrides: tuple[str, ...], force: bool) -> None:
     """Validate the data and config, freeze them, and write cycle 0's splits."""
-    from al_det.init import run_init
+    from al_det.init import locked_workdir, run_init
+    from al_det.workdir import Workdir
 
-    run_init(config_path, workdir, overrides, force=force)
+    with locked_workdir(Workdir(workdir)):
+        run_init(config_path, workdir, overrides, force=force)
 
 
 def _stage_command(stage: str, summary: str) -> None:

@@ -125,7 +125,8 @@ def merge_chunks(shards: Path, chunks: list[list[dict]], unlabeled: dict, out: P
         if not _chunk_done(shards, c, images):
             raise DumpError(
                 f"{_chunk_dir(shards, c)}: shard missing or stale; rerun `al-det infer`")
-        dumps.append(read_dump(_chunk_dir(shards, c)))
+        # features are checked once, on the merged dump below, not per chunk as well
+        dumps.append(read_dump(_chunk_dir(shards, c), check_features=False))
     images = [img for d in dumps for img in d.images]
     if [i["id"] for i in images] != [i["id"] for i in unlabeled["images"]]:
         raise DumpError(f"{shards}: the shards do not cover the unlabeled pool exactly once")

@@ -15,15 +15,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
 from al_det import atomic, coco, splits
 from al_det.config import ExperimentConfig, diff_configs, dump_config, load_config
 from al_det.errors import AlDetError, ConfigError, WorkdirError
-from al_det.workdir import Workdir
+from al_det.workdir import RunLock, Workdir
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,29 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+@contextmanager
+def locked_workdir(wd: Workdir) -> Iterator[None]:
+    """Hold the work dir's lock and clear leftovers of killed writes; if what runs inside fails
+    before ``config.yaml`` exists in a work dir this call created, remove that dir again, so a
+    failed init leaves nothing behind."""
+    fresh = not wd.root.exists()
+    try:
+        with RunLock(wd):
+            atomic.clean_tmp(wd.root)
+            yield
+    except BaseException:
+        if fresh and not wd.config.exists():
+            shutil.rmtree(wd.root, ignore_errors=True)
+        raise
+
+
 def run_init(
     config_path: Path, workdir: Path, overrides: Sequence[str] = (), force: bool = False
 ) -> ExperimentConfig:
-    """Initialise ``workdir`` (idempotent when it already holds the same config)."""
+    """Initialise ``workdir`` (idempotent when it already holds the same config); the caller
+    holds :func:`locked_workdir`."""
     wd = Workdir(Path(workdir))
     cfg = load_config(config_path, overrides)
-    atomic.clean_tmp(wd.root) if wd.root.exists() else None
     if wd.config.exists():
         return _reinit(wd, cfg, force)
     if cfg.data.synthetic is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,23 +23,13 @@ def run_experiment(config_path: Path, workdir: Path, overrides: Sequence[str] = 
     """Init if needed, then train, evaluate, infer, acquire per cycle; the last trains and
     evaluates only. Labelling mode stops after an acquisition, for the labels to come."""
     from al_det import dist
-    from al_det.atomic import clean_tmp
     from al_det.cycle import acquire_done, run_acquire_cycle
-    from al_det.init import open_workdir, run_init
+    from al_det.init import locked_workdir, open_workdir, run_init
     from al_det.stages import setup_logging, stage_function
-    from al_det.workdir import RunLock
 
     setup_logging()
-    wd = Workdir(Path(workdir))
-    fresh = not wd.root.exists()
-    with RunLock(wd):
-        clean_tmp(wd.root)
-        try:
-            run_init(config_path, workdir, overrides, force=force)
-        except BaseException:
-            if fresh and not wd.config.exists():  # a failed init leaves nothing behind
-                shutil.rmtree(wd.root, ignore_errors=True)
-            raise
+    with locked_workdir(Workdir(Path(workdir))):
+        run_init(config_path, workdir, overrides, force=force)
         wd, cfg = open_workdir(workdir, force)
         dist.init_distributed(cfg.device)
         try:

@@ -80,7 +80,10 @@ def test_two_process_dump_and_metrics_equal_one_process(trained: Path, tmp_path:
 
 
 def test_second_driver_is_refused(trained: Path) -> None:
+    config = trained.parent / "exp.yaml"
     with RunLock(Workdir(trained)):
         result = CliRunner().invoke(main, ["infer", "-w", str(trained)])
+        again = CliRunner().invoke(main, ["init", "-c", str(config), "-w", str(trained)])
     assert result.exit_code == 2
     assert "another al-det process" in result.output and str(os.getpid()) in result.output
+    assert again.exit_code == 2 and "another al-det process" in again.output
