@@ -12,7 +12,8 @@ import dataclasses
 import difflib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .dump import Dump, read_dump
 from .errors import AcquireError, CocoError
 from .strategies import STRATEGIES
 from .strategies.base import Pool
+from .strategies.summary import PassAhead, pass_ahead
 
 # Every acquisition parameter any strategy takes; one a strategy does not use is ignored.
 KNOWN_PARAMS = sorted({f.name for cls in STRATEGIES.values() for f in dataclasses.fields(cls)})
@@ -88,8 +90,9 @@ def _check_categories(dump: Dump, labeled: Mapping[str, Any]) -> None:
 
 
 def select_images(dump: Dump, labeled: Mapping[str, Any], budget: int, strategy: str,
-                  params: Mapping[str, Any]) -> Selection:
-    """Select ``budget`` images of ``dump`` not in ``labeled`` with ``strategy``."""
+                  params: Mapping[str, Any], ahead: PassAhead | None = None) -> Selection:
+    """Select ``budget`` images of ``dump`` not in ``labeled`` with ``strategy`` (``ahead``:
+    the streaming pass of the dump, if :func:`streaming_ahead` started it)."""
     strat = make_strategy(strategy, params)
     _check_categories(dump, labeled)
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
@@ -102,7 +105,7 @@ def select_images(dump: Dump, labeled: Mapping[str, Any], budget: int, strategy:
                            f"{dump.path} (dump images not in the labeled set); lower the budget")
     if strategy not in _STREAMS_FEATURES:
         dump.check_features()  # the others never read features; the dump must still be sound
-    picked = strat.select(Pool(dump, cand_rows, labeled, int(budget)))
+    picked = strat.select(Pool(dump, cand_rows, labeled, int(budget), ahead))
     ids = dump.image_ids
     resolved = dataclasses.asdict(strat)
     seed = resolved.get("seed", params.get("seed"))
@@ -152,6 +155,19 @@ def load_labeled(path: Path) -> dict:
     return data
 
 
+@contextmanager
+def streaming_ahead(dump: Path, strategy: str, params: Mapping[str, Any]
+                    ) -> Iterator[PassAhead | None]:
+    """For the strategies that stream features.npy, start that pass over the dump folder now,
+    so that it overlaps the reading of the JSON files that comes before selection."""
+    if strategy not in _STREAMS_FEATURES:
+        yield None
+        return
+    t_enms = getattr(make_strategy(strategy, params), "t_enms", None)
+    with pass_ahead(Path(dump), None if t_enms is None else float(t_enms)) as ahead:
+        yield ahead
+
+
 def run_acquire_standalone(dets: Path, labeled: Path, budget: int, strategy: str,
                            output: Path, params: Mapping[str, Any]) -> Selection:
     """`al-det acquire`: read, select, then write OUT.json and OUT.selection.json.
@@ -161,9 +177,10 @@ def run_acquire_standalone(dets: Path, labeled: Path, budget: int, strategy: str
     """
     output = Path(output)
     make_strategy(strategy, params)  # cheap checks before reading a large dump
-    lab = load_labeled(Path(labeled))
-    dump = read_dump(dets, check_features=False)  # features are checked while streamed
-    sel = select_images(dump, lab, budget, strategy, params)
+    with streaming_ahead(Path(dets), strategy, params) as ahead:
+        lab = load_labeled(Path(labeled))
+        dump = read_dump(dets, check_features=False)  # features are checked while streamed
+        sel = select_images(dump, lab, budget, strategy, params, ahead)
     coco = coco_selection(sel, dump, dump.categories)
     side = selection_path(output)
     write_json(side, sel.to_json(), indent=1)

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from al_det import atomic, coco, splits
-from al_det.acquire import Selection, select_images, write_selection_coco
+from al_det.acquire import Selection, select_images, streaming_ahead, write_selection_coco
 from al_det.config import AcquireConfig, ExperimentConfig
 from al_det.dump import read_dump
 from al_det.errors import SplitError
@@ -44,17 +44,18 @@ def run_acquire_cycle(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection |
         log.info("cycle %d: acquisition already done", k)
         return None
     cycle = wd.cycle(k)
-    labeled = json.loads(cycle.labeled.read_text())
-    unlabeled = json.loads(cycle.unlabeled.read_text())
-    # infer validated the whole dump when it merged it; the strategies that use the features
-    # check them again in their single pass, so they are not read twice here
-    dump = read_dump(cycle.dump, check_features=False)
-    _check_dump_matches(dump, unlabeled, cycle.dump)
-    pool_size = len(labeled["images"]) + len(unlabeled["images"])
-    budget = splits.resolve_count(cfg.acquire.budget, pool_size, "acquire.budget")
     # the seed differs per cycle so random does not replay the same draws every cycle
     params = strategy_params(cfg.acquire, cfg.seed + k)
-    selection = select_images(dump, labeled, budget, cfg.acquire.strategy, params)
+    with streaming_ahead(cycle.dump, cfg.acquire.strategy, params) as ahead:
+        labeled = json.loads(cycle.labeled.read_text())
+        unlabeled = json.loads(cycle.unlabeled.read_text())
+        # infer validated the whole dump when it merged it; the strategies that use the
+        # features check them again in their single pass, so they are not read twice here
+        dump = read_dump(cycle.dump, check_features=False)
+        _check_dump_matches(dump, unlabeled, cycle.dump)
+        pool_size = len(labeled["images"]) + len(unlabeled["images"])
+        budget = splits.resolve_count(cfg.acquire.budget, pool_size, "acquire.budget")
+        selection = select_images(dump, labeled, budget, cfg.acquire.strategy, params, ahead)
     atomic.write_json(cycle.selection, {**selection.to_json(), "cycle": k}, indent=1)
     if cfg.mode == "labelling":
         write_selection_coco(cycle.to_label, selection, unlabeled["images"],

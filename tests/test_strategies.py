@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ import pytest
 from al_det.acquire import run_acquire_standalone, select_images
 from al_det.dump import read_dump, write_dump
 from al_det.errors import AcquireError, CocoError, DumpError
+from al_det.kernels import first_nonfinite_row
 from al_det.strategies import groups as groups_mod
-from al_det.strategies.base import f16_bits_to_f32, minority_quotas
+from al_det.strategies import summary as summary_mod
+from al_det.strategies.base import minority_quotas
 from al_det.strategies.summary import summarize
 
 
@@ -275,13 +278,17 @@ def test_standalone_error_writes_nothing(tmp_path):
 # ----------------------------------------------------------------- streaming-pass kernels
 
 
-def test_f16_bits_to_f32_equals_astype_on_every_finite_pattern():
-    bits = np.arange(-(2**15), 2**15, dtype=np.int64).astype(np.int16)
-    finite = np.isfinite(bits.view(np.float16))
-    src = bits[finite].reshape(-1, 4)  # 2-D like feature rows; 63,488 patterns
-    out = f16_bits_to_f32(src, np.empty(src.shape, np.float32))
-    want = src.view(np.float16).astype(np.float32)
-    assert np.array_equal(out.view(np.uint32), want.view(np.uint32))  # -0.0 and subnormals
+def test_kernel_widens_every_float16_pattern():
+    """Every finite nonzero float16 value v (subnormals included), as the row [1, v] of a
+    one-row group, whose prototype is the row over its length: a wrong or flushing widening
+    shows up as a relative error far above 1e-6."""
+    vals = np.arange(2**16, dtype=np.int64).astype(np.uint16).view(np.float16)
+    vals = vals[np.isfinite(vals) & (vals != 0)]  # 61,438 values
+    n = len(vals)
+    rows = np.stack([np.ones(n, np.float16), vals], axis=1)
+    protos = groups_mod.group_protos(rows, np.arange(n), np.ones(n), np.arange(n), None)
+    x = rows.astype(np.float64)
+    np.testing.assert_allclose(protos, x / np.linalg.norm(x, axis=1)[:, None], rtol=1e-6)
 
 
 def ref_keep(feats, t):
@@ -298,10 +305,9 @@ def ref_keep(feats, t):
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
-def test_group_math_matches_float64(dtype, t, monkeypatch):
-    """Large groups (up to 60 rows, blocks split across BLOCK_ROWS, many survivors of the
-    first pick) against a float64 greedy and float64 prototypes."""
-    monkeypatch.setattr(groups_mod, "BLOCK_ROWS", 64)
+def test_group_kernels_match_float64(dtype, t):
+    """Large groups (up to 60 rows, many survivors of the first pick) against a float64
+    greedy and float64 prototypes."""
     rng = np.random.default_rng(7)
     sizes = rng.integers(1, 61, 40)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -314,8 +320,8 @@ def test_group_math_matches_float64(dtype, t, monkeypatch):
     raw = np.empty_like(feats)
     raw[perm] = feats
     h = rng.uniform(0.01, 0.69, m)
-    s = groups_mod.Scratch(dim)
-    keep, protos = groups_mod.group_math(raw, perm, h, starts, t, True, s, lambda: None)
+    keep = groups_mod.enms_mask(raw, perm, starts, t, None)
+    protos = groups_mod.group_protos(raw, perm, h, starts, None)
     f64 = feats.astype(np.float64)
     for g, (a, k) in enumerate(zip(starts, sizes, strict=True)):
         assert keep[a:a + k].tolist() == ref_keep(feats[a:a + k], t).tolist(), g
@@ -344,3 +350,48 @@ def test_large_float16_features_are_not_taken_for_nan(tmp_path):
     sel = select_images(read_dump(d.path, check_features=False), labeled(), 2, "enms_divproto",
                         {"inter": False})
     assert sorted(sel.image_ids) == [100, 101]
+
+
+def test_first_nonfinite_row_float32_overflow_is_not_nan():
+    x = np.ones((5, 3), np.float32)
+    x[1] = 3e38  # finite, but its squared length overflows float32: looked at again, skipped
+    assert first_nonfinite_row(x) == -1
+    x[3, 2] = np.nan
+    assert first_nonfinite_row(x) == 3
+    x[2, 0] = -np.inf
+    assert first_nonfinite_row(x) == 2
+    h = np.full((3, 4), 65504.0, np.float16)  # float16's largest finite value
+    assert first_nonfinite_row(h) == -1
+    h[2, 3] = np.inf
+    assert first_nonfinite_row(h) == 2
+
+
+def test_standalone_streams_once_ahead_and_reports_nan(tmp_path, monkeypatch):
+    """`al-det acquire` runs the pass in its background thread (once), and an error the pass
+    meets there is raised by the command, nothing written."""
+    calls = []
+    real = summary_mod.stream_summary
+
+    def spy(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(summary_mod, "stream_summary", spy)
+    imgs = [[(1, 0.5, [1, 0]), (1, 0.4, [1, 0.1]), (2, 0.3, [0, 1])], [(1, 0.2, [1, 1])], []]
+    d = build(tmp_path, imgs, dtype=np.float16)
+    lab = tmp_path / "labeled.json"
+    lab.write_text(json.dumps(labeled()))
+    out = tmp_path / "next.json"
+    sel = run_acquire_standalone(d.path, lab, 2, "enms_divproto", out, {})
+    assert calls == ["al-det-pass"] and len(sel.image_ids) == 2
+    out.unlink(), (tmp_path / "next.selection.json").unlink()
+    f = np.load(d.path / "features.npy")
+    f[2, 0] = np.nan
+    np.save(d.path / "features.npy", f)
+    with pytest.raises(DumpError, match="NaN or infinity in detection row 2"):
+        run_acquire_standalone(d.path, lab, 2, "enms", out, {})
+    assert not out.exists() and not (tmp_path / "next.selection.json").exists()
+    lab.write_text("{")  # the JSON error comes first; the pass is stopped, not left running
+    with pytest.raises(CocoError):
+        run_acquire_standalone(d.path, lab, 2, "enms", out, {})
+    assert not [t for t in threading.enumerate() if t.name == "al-det-pass"]

@@ -10,12 +10,13 @@ so that the streaming and blocked code paths are crossed many times.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
 import pytest
 
-from al_det.acquire import select_images
+from al_det.acquire import run_acquire_standalone, select_images
 from al_det.dump import read_dump, write_dump
 from al_det.strategies import divproto as divproto_mod
 from al_det.strategies import summary as summary_mod
@@ -253,3 +254,22 @@ def test_keys_match_reference(seed, tmp_path):
         dets = [(int(labels[k]), float(scores[k]), [float(v) for v in feats[k]])
                 for k in range(offsets[r], offsets[r + 1])]
         assert key == pytest.approx(ref_enms(dets, 0.5), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_standalone_pass_ahead_matches_reference(seed, tmp_path, monkeypatch):
+    """`al-det acquire` starts the streaming pass before reading the JSON files and restricts
+    it to the candidates afterwards: the same selections as the reference."""
+    monkeypatch.setattr(summary_mod, "CHUNK_DETS", [7, 16384][seed % 2])
+    dump, arrays, labeled, n_cand, rng = random_case(200 + seed, tmp_path, np.float16)
+    if n_cand == 0:
+        pytest.skip("no candidate")
+    lab_path = tmp_path / "labeled.json"
+    lab_path.write_text(json.dumps(labeled))
+    for strategy in ["enms", "divproto", "enms_divproto"]:
+        intra, inter, missing = SWITCHES[int(rng.integers(len(SWITCHES)))]
+        p = dict(random_params(rng), intra=intra, inter=inter, intra_missing=missing)
+        b = int(rng.integers(1, n_cand + 1))
+        sel = run_acquire_standalone(dump.path, lab_path, b, strategy, tmp_path / "o.json", p)
+        want_ids, want_reasons = reference(arrays, labeled, b, strategy, p)
+        assert (list(sel.image_ids), list(sel.reasons)) == (want_ids, want_reasons), strategy

@@ -11,6 +11,7 @@ test (protos.py).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,7 @@ class DivProto:
                                f"got {self.intra_missing!r}")
 
     def select(self, pool: Pool) -> Picked:
-        s = summarize(pool.dump, pool.cand_rows, None, want_protos=self.intra)
+        s = summarize(pool.dump, pool.cand_rows, None, self.intra, pool.ahead)
         return divproto_walk(s, s.basic, pool, self)
 
 
@@ -95,21 +96,34 @@ class _Walk:
         return mp > self.cfg.t_inter
 
     def run(self, order: np.ndarray) -> None:
-        for pos in range(0, len(order), BLOCK):
-            if self.done():
-                return
-            block = order[pos:pos + BLOCK].tolist()
-            if self.cfg.inter:
-                block = [i for i in block if self.passes_inter(i)]  # the set only shrinks
-            cache = _BlockCache(self, block) if self.cfg.intra else None
-            for i in block:
+        blocks = [order[pos:pos + BLOCK].tolist() for pos in range(0, len(order), BLOCK)]
+        # the next block is filtered and its prototypes computed in a second thread while
+        # this one is walked (the kernel releases the GIL); its minority test may see a larger
+        # minority set than the walk will, so it keeps a superset, and the walk tests again
+        with ThreadPoolExecutor(max_workers=1) as ahead:
+            nxt = ahead.submit(self._prepare, blocks[0]) if blocks else None
+            for j in range(len(blocks)):
                 if self.done():
                     return
-                if self.cfg.inter and not self.passes_inter(i):
-                    continue
-                if cache is not None and not cache.intra_ok(i):
-                    continue
-                self.accept(i, cache)
+                block, protos = nxt.result()
+                if j + 1 < len(blocks):
+                    nxt = ahead.submit(self._prepare, blocks[j + 1])
+                cache = _BlockCache(self, block, protos) if self.cfg.intra else None
+                for i in block:
+                    if self.done():
+                        return
+                    if self.cfg.inter and not self.passes_inter(i):
+                        continue
+                    if cache is not None and not cache.intra_ok(i):
+                        continue
+                    self.accept(i, cache)
+
+    def _prepare(self, block: list[int]) -> tuple[list[int], np.ndarray | None]:
+        """The block's candidates that pass the minority test now (the set only shrinks), and
+        their prototypes when the walk tests intra-class redundancy."""
+        if self.cfg.inter:
+            block = [i for i in block if self.passes_inter(i)]
+        return block, self.s.protos.of(block) if self.cfg.intra else None
 
     def accept(self, i: int, cache: _BlockCache | None) -> None:
         self.selected.append(i)
@@ -125,62 +139,70 @@ class _Walk:
 
 
 class _BlockCache:
-    """The block's prototypes and their running max similarity to the selected ones."""
+    """The block's prototypes and, per class once first needed, the running max similarity
+    of the block's prototypes of that class to the selected images' ones.
 
-    def __init__(self, walk: _Walk, block: list[int]) -> None:
+    ``M_g(i) < T_intra`` holds exactly when some class of i has its max below T_intra (or, with
+    ``novel``, no selected image has it), so a test stops at the first such class, cheapest
+    (smallest bank) first; a class's products are made only when a test first needs them, and
+    then for all of the block's prototypes of that class at once (one matrix product)."""
+
+    def __init__(self, walk: _Walk, block: list[int], protos: np.ndarray) -> None:
         self.walk, s = walk, walk.s
         self.where, n = {}, 0
         for i in block:
             a, b = int(s.grp_start[i]), int(s.grp_start[i + 1])
             self.where[i] = (n, n + b - a)
             n += b - a
-        self.protos = s.protos.of(block)  # computed now, for just these candidates
+        self.protos = protos
         self.cls = np.concatenate([s.grp_cls[s.grp_start[i]:s.grp_start[i + 1]] for i in block]
                                   ) if block else np.zeros(0, np.int64)
         self.best = np.full(n, -np.inf, dtype=np.float32)
-        # per class: the block's rows of it and their prototypes (gathered once, reused by
-        # every acceptance in the block)
         order = np.argsort(self.cls, kind="stable")
         cuts = np.flatnonzero(np.diff(self.cls[order])) + 1
-        self.of_cls = {}
-        for rows in np.split(order, cuts) if n else []:
-            c, mine = int(self.cls[rows[0]]), self.protos[rows]
-            self.of_cls[c] = rows, mine
-            mat = walk.bank.get(c)
-            if mat is not None:
-                self.best[rows] = (mine @ mat.T).max(axis=1)
+        self.rows_of = {int(self.cls[r[0]]): r for r in np.split(order, cuts)} if n else {}
+        self.mine: dict[int, np.ndarray] = {}  # per class whose maxima are in self.best: its
+        # prototypes in this block, gathered once for every later update
 
     def intra_ok(self, i: int) -> bool:
         a, b = self.where[i]
-        mg = self._mg(self.cls[a:b].tolist(), self.best[a:b].astype(np.float64))
-        t = self.walk.cfg.t_intra
-        if np.isfinite(mg) and abs(mg - t) < SIM_BAND:
-            mg = self._mg(self.cls[a:b].tolist(), self._exact_max(a, b))
-        return mg < t
-
-    def _mg(self, cls: list, best: np.ndarray) -> float:
-        """M_g from per-class maxima (-inf where no selected image has the class)."""
-        has = [self.walk.bank.get(c) is not None for c in cls]
-        if not cls or (self.walk.cfg.intra_missing == "novel" and not all(has)):
-            return -np.inf
-        vals = [v for v, h in zip(best.tolist(), has, strict=True) if h]
-        return min(vals) if vals else -np.inf
-
-    def _exact_max(self, a: int, b: int) -> np.ndarray:
-        out = np.full(b - a, -np.inf)
+        bank, t = self.walk.bank, self.walk.cfg.t_intra
+        tests = []
         for k in range(a, b):
-            mat = self.walk.bank.get(int(self.cls[k]))
-            if mat is not None:
-                out[k - a] = (mat.astype(np.float64) @ self.protos[k].astype(np.float64)).max()
-        return out
+            c = int(self.cls[k])
+            if bank.get(c) is None:
+                if self.walk.cfg.intra_missing == "novel":
+                    return True  # a class nothing selected shows: M_g = -inf
+            else:
+                tests.append((bank.counts[c], k, c))
+        for _, k, c in sorted(tests):
+            self._ensure(c)
+            best = float(self.best[k])
+            if abs(best - t) < SIM_BAND:
+                best = self._exact_max(k, c)
+            if best < t:
+                return True
+        return not tests  # no class of i in the bank: M_g = -inf
+
+    def _ensure(self, c: int) -> None:
+        if c not in self.mine:
+            rows = self.rows_of[c]
+            self.mine[c] = mine = self.protos[rows]
+            self.best[rows] = (mine @ self.walk.bank.get(c).T).max(axis=1)
+
+    def _exact_max(self, k: int, c: int) -> float:
+        mat = self.walk.bank.get(c).astype(np.float64)
+        return float((mat @ self.protos[k].astype(np.float64)).max())
 
     def add(self, i: int) -> None:
         a, b = self.where[i]
         for k in range(a, b):
             c = int(self.cls[k])
             self.walk.bank.add(c, self.protos[k])
-            rows, mine = self.of_cls[c]
-            self.best[rows] = np.maximum(self.best[rows], mine @ self.protos[k])
+            mine = self.mine.get(c)
+            if mine is not None:
+                rows = self.rows_of[c]
+                self.best[rows] = np.maximum(self.best[rows], mine @ self.protos[k])
 
 
 def divproto_walk(s: Summary, keys: np.ndarray, pool: Pool, cfg: DivProto) -> Picked:

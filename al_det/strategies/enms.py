@@ -19,5 +19,5 @@ class Enms:
         check_unit("t_enms", self.t_enms)
 
     def select(self, pool: Pool) -> Picked:
-        s = summarize(pool.dump, pool.cand_rows, float(self.t_enms), want_protos=False)
+        s = summarize(pool.dump, pool.cand_rows, float(self.t_enms), False, pool.ahead)
         return ranked(s.enms, pool.budget)

@@ -23,5 +23,5 @@ class EnmsDivProto(DivProto):
         check_unit("t_enms", self.t_enms)
 
     def select(self, pool: Pool) -> Picked:
-        s = summarize(pool.dump, pool.cand_rows, float(self.t_enms), want_protos=self.intra)
+        s = summarize(pool.dump, pool.cand_rows, float(self.t_enms), self.intra, pool.ahead)
         return divproto_walk(s, s.enms, pool, self)
