@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .atomic import write_json
 from .dump import Dump, read_dump
@@ -138,7 +139,7 @@ def selection_path(output: Path) -> Path:
 def load_labeled(path: Path) -> dict:
     """Read the labeled COCO file; CocoError if not a JSON object with images and categories."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = orjson.loads(Path(path).read_bytes())
     except FileNotFoundError as exc:
         raise CocoError(f"{path}: labeled COCO file not found") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -11,9 +11,10 @@ function of the dump, the splits and the config, so a rerun after a crash redoes
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
+
+import orjson
 
 from al_det import atomic, coco, splits
 from al_det.acquire import Selection, select_images, streaming_ahead, write_selection_coco
@@ -47,8 +48,8 @@ def run_acquire_cycle(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection |
     # the seed differs per cycle so random does not replay the same draws every cycle
     params = strategy_params(cfg.acquire, cfg.seed + k)
     with streaming_ahead(cycle.dump, cfg.acquire.strategy, params) as ahead:
-        labeled = json.loads(cycle.labeled.read_text())
-        unlabeled = json.loads(cycle.unlabeled.read_text())
+        labeled = orjson.loads(cycle.labeled.read_bytes())
+        unlabeled = orjson.loads(cycle.unlabeled.read_bytes())
         # infer validated the whole dump when it merged it; the strategies that use the
         # features check them again in their single pass, so they are not read twice here
         dump = read_dump(cycle.dump, check_features=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .atomic import atomic_dir
 from .errors import DumpError
@@ -263,7 +264,7 @@ def _read_meta(path: Path) -> dict:
     if not meta_path.is_file():
         raise DumpError(f"{meta_path}: missing; the dump is incomplete, rerun `al-det infer`")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = orjson.loads(meta_path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DumpError(f"{meta_path}: not valid JSON ({exc}); rerun `al-det infer`") from exc
     if not isinstance(meta, dict):

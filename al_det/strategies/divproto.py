@@ -2,11 +2,11 @@
 
 Reads the pool's one-pass summary (prototypes computed on demand, only for visited candidates)
 and the labeled set's annotation counts; writes nothing. The walk goes over the ordered
-candidates in blocks: at the start of a block, the intra-class maxima of the block's candidates
-against the images selected so far are one matrix product per class, and each acceptance
-inside the block updates them with one vector product, so the result is exactly that of the
-one-by-one walk of the spec. Prototypes are computed only for the candidates a block can still
-test (protos.py).
+candidates in blocks. Within a block, the intra-class maxima of the block's candidates of a
+class against the images selected so far are one matrix product, made when a test first needs
+that class, and each acceptance updates them with one vector product, so the result is exactly
+that of the one-by-one walk of the spec. Prototypes are computed only for the candidates a
+block can still test (protos.py), the next block's while this one is walked.
 """
 
 from __future__ import annotations
@@ -47,8 +47,14 @@ class DivProto:
                                f"got {self.intra_missing!r}")
 
     def select(self, pool: Pool) -> Picked:
+        minority = self.minority(pool)  # first: the streaming pass may still be running
         s = summarize(pool.dump, pool.cand_rows, None, self.intra, pool.ahead)
-        return divproto_walk(s, s.basic, pool, self)
+        return divproto_walk(s, s.basic, pool, self, minority)
+
+    def minority(self, pool: Pool) -> dict:
+        """Step 1: the minority classes and their quotas (none with ``inter`` off)."""
+        return minority_quotas(pool.labeled, self.alpha, self.beta, pool.budget) \
+            if self.inter else {}
 
 
 class _Bank:
@@ -76,10 +82,8 @@ class _Bank:
 class _Walk:
     """State of one main pass (Algorithm 2, steps 2-4)."""
 
-    def __init__(self, s: Summary, pool: Pool, cfg: DivProto) -> None:
-        self.s, self.cfg, self.budget = s, cfg, pool.budget
-        self.minority = (minority_quotas(pool.labeled, cfg.alpha, cfg.beta, pool.budget)
-                         if cfg.inter else {})
+    def __init__(self, s: Summary, pool: Pool, cfg: DivProto, minority: dict) -> None:
+        self.s, self.cfg, self.budget, self.minority = s, cfg, pool.budget, minority
         self.bank = _Bank(s.protos.dim) if cfg.intra else None
         self.selected: list[int] = []
 
@@ -205,10 +209,11 @@ class _BlockCache:
                 self.best[rows] = np.maximum(self.best[rows], mine @ self.protos[k])
 
 
-def divproto_walk(s: Summary, keys: np.ndarray, pool: Pool, cfg: DivProto) -> Picked:
+def divproto_walk(s: Summary, keys: np.ndarray, pool: Pool, cfg: DivProto,
+                  minority: dict) -> Picked:
     """Main pass then fill-up (steps 4-5); keys are the ranking keys of the candidates."""
     order = stable_order(keys)
-    walk = _Walk(s, pool, cfg)
+    walk = _Walk(s, pool, cfg, minority)
     with blas_threads(1):  # small products: threaded OpenBLAS measured 7x slower here
         walk.run(order)  # with both switches off it accepts the first b: the plain ranking
     main = walk.selected

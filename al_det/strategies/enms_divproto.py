@@ -23,5 +23,6 @@ class EnmsDivProto(DivProto):
         check_unit("t_enms", self.t_enms)
 
     def select(self, pool: Pool) -> Picked:
+        minority = self.minority(pool)  # first: the streaming pass may still be running
         s = summarize(pool.dump, pool.cand_rows, float(self.t_enms), self.intra, pool.ahead)
-        return divproto_walk(s, s.enms, pool, self)
+        return divproto_walk(s, s.enms, pool, self, minority)
