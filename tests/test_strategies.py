@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
+from al_det import kernels
 from al_det.acquire import run_acquire_standalone, select_images
 from al_det.dump import read_dump, write_dump
 from al_det.errors import AcquireError, CocoError, DumpError
-from al_det.kernels import first_nonfinite_row
 from al_det.strategies import groups as groups_mod
 from al_det.strategies import summary as summary_mod
 from al_det.strategies.base import minority_quotas
@@ -355,15 +355,15 @@ def test_large_float16_features_are_not_taken_for_nan(tmp_path):
 def test_first_nonfinite_row_float32_overflow_is_not_nan():
     x = np.ones((5, 3), np.float32)
     x[1] = 3e38  # finite, but its squared length overflows float32: looked at again, skipped
-    assert first_nonfinite_row(x) == -1
+    assert kernels.first_nonfinite_row(x) == -1
     x[3, 2] = np.nan
-    assert first_nonfinite_row(x) == 3
+    assert kernels.first_nonfinite_row(x) == 3
     x[2, 0] = -np.inf
-    assert first_nonfinite_row(x) == 2
+    assert kernels.first_nonfinite_row(x) == 2
     h = np.full((3, 4), 65504.0, np.float16)  # float16's largest finite value
-    assert first_nonfinite_row(h) == -1
+    assert kernels.first_nonfinite_row(h) == -1
     h[2, 3] = np.inf
-    assert first_nonfinite_row(h) == 2
+    assert kernels.first_nonfinite_row(h) == 2
 
 
 def test_standalone_streams_once_ahead_and_reports_nan(tmp_path, monkeypatch):
@@ -395,3 +395,19 @@ def test_standalone_streams_once_ahead_and_reports_nan(tmp_path, monkeypatch):
     with pytest.raises(CocoError):
         run_acquire_standalone(d.path, lab, 2, "enms", out, {})
     assert not [t for t in threading.enumerate() if t.name == "al-det-pass"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 64, 100, 1000])
+def test_order_groups_is_a_stable_sort(n):
+    """Per image: pick order = stable sort by entropy, descending; groups = that, stably by
+    class (insertion runs of 32, merged beyond), against numpy's stable argsort."""
+    rng = np.random.default_rng(n)
+    sizes = [n, 3, n // 2]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    h = rng.integers(0, 4, starts[-1]).astype(np.float64)  # many ties
+    cls = rng.integers(0, 5, starts[-1])
+    perm, pick = kernels.order_groups(starts, h, cls)
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        want = a + np.argsort(-h[a:b], kind="stable")
+        assert pick[a:b].tolist() == want.tolist()
+        assert perm[a:b].tolist() == want[np.argsort(cls[want], kind="stable")].tolist()

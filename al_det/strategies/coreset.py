@@ -46,7 +46,7 @@ class Coreset:
 
 def _initial_d2(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Squared distance of each candidate to its nearest labeled centre (inf if none), in
-    float64, in blocks of candidates x centres (64 MiB of distances each) so that memory does
+    float64, in blocks of candidates x centres (32 MiB of distances each) so that memory does
     not grow with the pool times the labeled set."""
     d2 = np.full(len(x), np.inf)
     xx = np.einsum("ij,ij->i", x, x, dtype=np.float64)

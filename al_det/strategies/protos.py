@@ -35,14 +35,14 @@ class LazyProtos:
         # the detections' dump rows; scores and labels gathered from their memory maps (small
         # files), features read image by image (a memory map of features.npy would map whole
         # large page-cache folios per touched image: measured +1.6 MB resident per image)
+        at = np.cumsum(counts) - counts  # each image's first row in the gathered arrays
         local = np.repeat(np.arange(len(rows)), counts)
-        det = np.arange(int(counts.sum())) + np.repeat(lo - np.cumsum(counts) + counts, counts)
+        det = np.arange(int(counts.sum())) + np.repeat(lo - at, counts)
         h = instance_entropy(self.dump.scores[det])
         perm, starts, _ = group_order(local, h, self.dump.labels[det])
         raw = np.empty((len(det), self.dim), self.feats.dtype)
-        for a, b, at in zip(lo.tolist(), hi.tolist(), (np.cumsum(counts) - counts).tolist(),
-                            strict=True):
-            self.feats.read_into(a, b, raw[at:])
+        for a, b, c in zip(lo.tolist(), hi.tolist(), at.tolist(), strict=True):
+            self.feats.read_into(a, b, raw[c:])
         return group_protos(raw, perm, h[perm], starts, lambda _: self._raise_bad(lo, hi))
 
     def _raise_bad(self, lo: np.ndarray, hi: np.ndarray) -> None:
