@@ -320,7 +320,7 @@ def test_group_kernels_match_float64(dtype, t):
     raw = np.empty_like(feats)
     raw[perm] = feats
     h = rng.uniform(0.01, 0.69, m)
-    keep = groups_mod.enms_mask(raw, perm, starts, t, None)
+    keep = groups_mod.enms_mask(raw, perm, starts, np.array([0, m]), t, None)  # one image
     protos = groups_mod.group_protos(raw, perm, h, starts, None)
     f64 = feats.astype(np.float64)
     for g, (a, k) in enumerate(zip(starts, sizes, strict=True)):

@@ -33,15 +33,18 @@ def group_order(local: np.ndarray, h: np.ndarray,
     return perm, np.flatnonzero(new), pick
 
 
-def enms_mask(raw: np.ndarray, xrow: np.ndarray, starts: np.ndarray, t: float,
-              on_bad: Callable[[int], None]) -> np.ndarray:
+def enms_mask(raw: np.ndarray, perm: np.ndarray, starts: np.ndarray, img_start: np.ndarray,
+              t: float, on_bad: Callable[[int], None]) -> np.ndarray:
     """Algorithm 1's keep mask per sorted detection; group g's features are
-    ``raw[xrow[starts[g]:starts[g + 1]]]`` in pick order. ``on_bad(row)`` is called (and must
-    raise) for a raw row whose squared length is not finite."""
-    keep = np.zeros(len(xrow), dtype=bool)
-    bad = kernels.enms_keep(kernels.as_kernel_input(raw), xrow, starts, t, SIM_BAND, keep)
+    ``raw[perm[starts[g]:starts[g + 1]]]`` in pick order, and image k's sorted positions
+    ``img_start[k]:img_start[k+1]`` hold its raw rows, the same range (as ``group_order``
+    sorts). ``on_bad(row)`` is called (and must raise) for a raw row whose squared length is
+    not finite."""
+    keep = np.zeros(len(perm), dtype=bool)
+    bad = kernels.enms_keep(kernels.as_kernel_input(raw), perm, starts, img_start, t, SIM_BAND,
+                            keep)
     if bad >= 0:
-        on_bad(int(xrow[bad]))
+        on_bad(int(perm[bad]))
     return keep
 
 

@@ -200,7 +200,7 @@ def _chunk(files: dict, offsets: np.ndarray, a: int, b: int, t_enms: float | Non
     e_img = None
     if t_enms is not None:
         keep = np.zeros(len(perm), dtype=bool)
-        keep[perm] = enms_mask(raw, perm, starts, t_enms, on_bad)
+        keep[perm] = enms_mask(raw, perm, starts, offsets[a:b + 1] - o0, t_enms, on_bad)
         pick = pick[keep[pick]]  # (image, pick order): the order Algorithm 1 adds them in
         e_img = np.bincount(local[pick], weights=h[pick], minlength=b - a)
     first = perm[starts]
