@@ -64,11 +64,9 @@ def acquire_command(*, workdir: Path | None, cycle: int | None, overrides: Seque
 def _workdir_mode(workdir: Path, cycle: int | None, strategy: object, seed: int | None,
                   params: dict, force: bool) -> None:
     """The cycle's config, with command-line changes to its acquisition section."""
-    from al_det.atomic import clean_tmp
     from al_det.cycle import run_acquire_cycle
-    from al_det.init import open_workdir
+    from al_det.init import locked_workdir, open_workdir
     from al_det.stages import setup_logging
-    from al_det.workdir import RunLock
 
     setup_logging()
     wd, cfg = open_workdir(workdir, force)
@@ -82,8 +80,7 @@ def _workdir_mode(workdir: Path, cycle: int | None, strategy: object, seed: int 
         validate(cfg, "command line")
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
-    with RunLock(wd):
-        clean_tmp(wd.root)  # what a killed earlier run left half-written
+    with locked_workdir(wd):
         sel = run_acquire_cycle(wd, k, cfg)
     if sel is not None:
         print(f"cycle {k}: selected {len(sel.image_ids)} images with {sel.strategy}")

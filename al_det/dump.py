@@ -61,8 +61,8 @@ class NpyRows:
 
     def read_into(self, start: int, stop: int, buf: np.ndarray) -> np.ndarray:
         """Rows ``start:stop`` into the front of ``buf`` (C-contiguous, this file's dtype and row
-        shape, at least ``stop - start`` rows); returns that view. Reusing one buffer saves the
-        page faults of a fresh allocation per chunk."""
+        shape, at least ``stop - start`` rows); returns that view. Lets several row ranges be
+        gathered into one array without a copy each."""
         out = buf[:stop - start]
         view = memoryview(out.reshape(-1).view(np.uint8))
         fd = os.open(self.path, os.O_RDONLY)

@@ -19,8 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run_label(workdir: Path, cycle: int | None, annotations: Path, force: bool = False) -> None:
-    from al_det.init import open_workdir
-    from al_det.workdir import RunLock
+    from al_det.init import locked_workdir, open_workdir
 
     wd, _cfg = open_workdir(workdir, force)
     k = wd.resolve_cycle(cycle).index
@@ -29,8 +28,7 @@ def run_label(workdir: Path, cycle: int | None, annotations: Path, force: bool =
         raise WorkdirError(f"{cur.to_label}: missing: run `al-det acquire -w {wd.root}` first")
     if nxt.unlabeled.exists():
         raise WorkdirError(f"{nxt.root}: cycle {k + 1} already has its splits")
-    with RunLock(wd):
-        atomic.clean_tmp(wd.root)  # what a killed earlier run left half-written
+    with locked_workdir(wd):
         to_label = json.loads(cur.to_label.read_text())
         labeled = json.loads(cur.labeled.read_text())
         unlabeled = json.loads(cur.unlabeled.read_text())
