@@ -89,23 +89,28 @@ def _group_end(starts, g, m):
 
 
 @njit(nogil=True, cache=True)
-def _cosine64(a, b):
+def cosine64(a, b):
     """The spec's cosine similarity in float64, every sum in row order (not inlined: strict
-    arithmetic, and rarely called)."""
+    arithmetic, and rarely called). ``sqrt(na * nb)`` for ``|a| |b|``, the same number in real
+    arithmetic, is rounded twice, not three times, and exact where ``na * nb`` is a square
+    (so a vector and its copy give exactly 1, and integer rows such as (1, 1, 0) and (0, 1, 1)
+    exactly 1/2), so a similarity that equals the threshold in real arithmetic equals it here."""
     dot = na = nb = 0.0
     for d in range(a.shape[0]):
         x, y = np.float64(a[d]), np.float64(b[d])
         dot += x * y
         na += x * x
         nb += y * y
-    return dot / (max(np.sqrt(na), NORM_EPS) * max(np.sqrt(nb), NORM_EPS))
+    if na < NORM_EPS * NORM_EPS or nb < NORM_EPS * NORM_EPS:
+        return dot / (max(np.sqrt(na), NORM_EPS) * max(np.sqrt(nb), NORM_EPS))
+    return dot / np.sqrt(na * nb)
 
 
 @njit(nogil=True, cache=True)
 def _near_gone(x, raw, r, tmp, t):
     """``sim(x, row r of raw) > t`` decided in float64 (the row widened into tmp)."""
     _load(raw, r, tmp)
-    return _cosine64(x, tmp) > t
+    return cosine64(x, tmp) > t
 
 
 @njit(inline="always")

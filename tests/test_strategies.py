@@ -127,6 +127,23 @@ def test_intra_rejects_then_fills_up(tmp_path):
     assert sel.reasons == ("main", "main", "main", "fill")
 
 
+def test_intra_threshold_is_strict_for_duplicates(tmp_path):
+    """T_intra = 1 rejects exactly the duplicates (sim 1 is not < 1), though float32
+    prototypes put their similarity a rounding away from 1 either side: the test near the
+    threshold recomputes it from the raw features in float64. Ten random features, each in
+    an image at score 0.5 and a duplicate at 0.45 (a lower entropy: walked after all the
+    first ones), and one two-detection image twice."""
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((10, 7)).astype(np.float32).tolist()
+    pair = [(1, 0.3, feats[0][::-1]), (1, 0.6, feats[1][::-1])]
+    d = build(tmp_path, [[(1, 0.5, f)] for f in feats] + [[(1, 0.45, f)] for f in feats]
+              + [pair, pair])
+    sel = select_images(d, labeled(), 22, "divproto", {"inter": False, "t_intra": 1.0})
+    first, dups = list(range(100, 110)), list(range(110, 120))
+    assert list(sel.image_ids) == [120] + first + [121] + dups
+    assert sel.reasons == ("main",) * 11 + ("fill",) * 11
+
+
 def test_minority_classes_and_quota_rounding():
     cats = [{"id": i, "name": str(i)} for i in (5, 2, 9, 4)]
     lab = labeled([(5, 0), (5, 0), (2, 0), (2, 1), (2, 1), (2, 1), (9, 0)], cats=cats)

@@ -4,8 +4,9 @@ Pure numpy over in-memory arrays; reads and writes nothing. Numerical convention
 entropies, keys and every threshold comparison on scores are float64 (a float32 score is
 widened first, so ``p > T`` means the same as in the spec's real arithmetic); similarities are
 computed in float32 for speed and every one that lands within ``SIM_BAND`` of a threshold is
-recomputed in float64, so decisions match a float64 implementation except for similarities
-within about 1e-6 of the threshold (float32 rounding of the stored prototypes).
+recomputed in float64 from the raw features (prototypes included), every sum in row order as
+the spec writes it, so decisions match a float64 transcription of the spec; only a similarity
+that is exactly the threshold in real arithmetic can go either way with rounding.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import AcquireError
+from . import ties
 from .base import SIM_BAND, Picked, Pool, check_bool, check_unit, minority_quotas, stable_order
 from .blas import blas_threads
 from .summary import Summary, summarize
@@ -58,16 +59,19 @@ class DivProto:
 
 
 class _Bank:
-    """Per class, the prototypes of the images selected so far (growing float32 matrices)."""
+    """Per class, the prototypes of the images selected so far (growing float32 matrices)
+    and which candidate each came from."""
 
     def __init__(self, dim: int) -> None:
         self.dim, self.mats, self.counts = dim, {}, {}
+        self.owners: dict[int, list[int]] = {}
 
     def get(self, c: int) -> np.ndarray | None:
         n = self.counts.get(c, 0)
         return self.mats[c][:n] if n else None
 
-    def add(self, c: int, proto: np.ndarray) -> None:
+    def add(self, c: int, proto: np.ndarray, owner: int) -> None:
+        self.owners.setdefault(c, []).append(owner)
         n = self.counts.get(c, 0)
         mat = self.mats.get(c)
         if mat is None or n == len(mat):
@@ -86,6 +90,14 @@ class _Walk:
         self.s, self.cfg, self.budget, self.minority = s, cfg, pool.budget, minority
         self.bank = _Bank(s.protos.dim) if cfg.intra else None
         self.selected: list[int] = []
+        self._dets: dict[tuple[int, int], tuple] = {}
+
+    def detections(self, i: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate i's detections of class c (cached: a selected image's are asked again by
+        each later near-threshold test)."""
+        if (i, c) not in self._dets:
+            self._dets[i, c] = self.s.protos.detections(i, c)
+        return self._dets[i, c]
 
     def done(self) -> bool:
         return len(self.selected) >= self.budget or (self.cfg.inter and not self.minority)
@@ -182,9 +194,7 @@ class _BlockCache:
         for _, k, c in sorted(tests):
             self._ensure(c)
             best = float(self.best[k])
-            if abs(best - t) < SIM_BAND:
-                best = self._exact_max(k, c)
-            if best < t:
+            if (self._exactly_below(i, k, c) if abs(best - t) < SIM_BAND else best < t):
                 return True
         return not tests  # no class of i in the bank: M_g = -inf
 
@@ -194,15 +204,20 @@ class _BlockCache:
             self.mine[c] = mine = self.protos[rows]
             self.best[rows] = (mine @ self.walk.bank.get(c).T).max(axis=1)
 
-    def _exact_max(self, k: int, c: int) -> float:
-        mat = self.walk.bank.get(c).astype(np.float64)
-        return float((mat @ self.protos[k].astype(np.float64)).max())
+    def _exactly_below(self, i: int, k: int, c: int) -> bool:
+        """Whether candidate i's class-c max similarity to the selected images is below
+        T_intra, decided exactly (ties.py) for the bank rows that float32 puts near it (the
+        others are below it by far more than float32's error)."""
+        bank, t = self.walk.bank, self.walk.cfg.t_intra
+        near = np.flatnonzero(bank.get(c) @ self.protos[k] >= t - 2 * SIM_BAND)
+        dets, mine = self.walk.detections, self.walk.detections(i, c)
+        return all(ties.below(dets(bank.owners[c][j], c), mine, t) for j in near.tolist())
 
     def add(self, i: int) -> None:
         a, b = self.where[i]
         for k in range(a, b):
             c = int(self.cls[k])
-            self.walk.bank.add(c, self.protos[k])
+            self.walk.bank.add(c, self.protos[k], i)
             mine = self.mine.get(c)
             if mine is not None:
                 rows = self.rows_of[c]

@@ -45,6 +45,16 @@ class LazyProtos:
             self.feats.read_into(a, b, raw[c:])
         return group_protos(raw, perm, h[perm], starts, lambda _: self._raise_bad(lo, hi))
 
+    def detections(self, cand: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate ``cand``'s detections of class ``c`` in row order: their entropies and
+        float64 features, for the rare similarity next to T_intra that the float32
+        prototypes of :meth:`of` are too coarse to decide (ties.py)."""
+        row = int(self.cand_rows[cand])
+        a, b = int(self.dump.offsets[row]), int(self.dump.offsets[row + 1])
+        mine = np.flatnonzero(self.dump.labels[a:b] == c)
+        return (instance_entropy(self.dump.scores[a + mine]),
+                self.feats.read(a, b)[mine].astype(np.float64))
+
     def _raise_bad(self, lo: np.ndarray, hi: np.ndarray) -> None:
         """Name the first NaN/inf feature row of the asked images (the streaming pass has
         checked them already, so this is a guard, not a path taken)."""
