@@ -75,6 +75,19 @@ def test_enms_threshold_is_strict(tmp_path, t, feats, n_kept):
     assert sel.keys[0] == pytest.approx(n_kept * H(0.5))
 
 
+def test_enms_duplicates_survive_t_enms_one(tmp_path):
+    """sim of a row and its copy is exactly 1, not > 1 (|a| |a| rounded apart from a.a put it
+    a rounding above 1 for 9 of these 50 rows): with T_enms = 1 nothing is suppressed, and
+    integer rows meeting at exactly 1/2 are not suppressed by T_enms = 0.5."""
+    feats = np.random.default_rng(5).standard_normal((50, 8)).astype(np.float32).tolist()
+    d = build(tmp_path, [[(1, 0.5, f), (1, 0.5, f)] for f in feats]
+              + [[(1, 0.5, [1, 1, 0, 0, 0, 0, 0, 0]), (1, 0.5, [0, 1, 1, 0, 0, 0, 0, 0])]])
+    assert select_images(d, labeled(), 51, "enms", {"t_enms": 1.0}).keys == \
+        pytest.approx([2 * H(0.5)] * 51)
+    half = keys_by_id(select_images(d, labeled(), 51, "enms", {"t_enms": 0.5}))
+    assert half[150] == pytest.approx(2 * H(0.5)) and half[100] == pytest.approx(H(0.5))
+
+
 @pytest.mark.parametrize("rows, expected", [
     ([[1, 0], [1, 1], [0, 1]], 2),  # row 0 first: removes row 1 only, row 2 stays
     ([[1, 1], [1, 0], [0, 1]], 1),  # row 0 (the middle one) first: removes both others
