@@ -441,3 +441,34 @@ def test_order_groups_is_a_stable_sort(n):
         want = a + np.argsort(-h[a:b], kind="stable")
         assert pick[a:b].tolist() == want.tolist()
         assert perm[a:b].tolist() == want[np.argsort(cls[want], kind="stable")].tolist()
+
+
+def test_tie_test_is_exact():
+    """ties.below against Fraction arithmetic at thresholds on and a rounding either side of
+    the float64 similarity, features spanning 1e-13..1e13 with zeros; and prototypes equal in
+    real arithmetic (weights scaled by 4) meet at exactly 1."""
+    from fractions import Fraction
+
+    from al_det.strategies import ties
+
+    def frac_below(a, b, t):
+        sa, sb = ([sum((Fraction(w) * Fraction(x) for w, x in zip(h.tolist(), col, strict=True)),
+                       Fraction(0)) for col in f.T.tolist()] for h, f in (a, b))
+        dot = sum(x * y for x, y in zip(sa, sb, strict=True))
+        return dot < 0 or dot * dot < Fraction(t) ** 2 * sum(x * x for x in sa) * sum(
+            y * y for y in sb)
+
+    rng = np.random.default_rng(11)
+    for _ in range(100):
+        n, dim = rng.integers(1, 4), rng.integers(1, 6)
+        f = rng.standard_normal((n, dim)) * np.exp(rng.uniform(-30, 30, (n, dim)))
+        f[rng.random((n, dim)) < 0.2] = 0.0
+        a = (rng.uniform(0.01, 0.69, n), f)
+        b = (rng.uniform(0.01, 0.69, n), f if rng.random() < 0.5 else rng.standard_normal((n, dim)))
+        sim = kernels.cosine64(ties.proto64(*a), ties.proto64(*b))
+        for t in (sim, np.nextafter(sim, 2.0), np.nextafter(sim, -2.0)):
+            t = float(min(max(t, 0.0), 1.0))
+            assert ties._rational_below(a, b, t) == frac_below(a, b, t)
+    f = rng.standard_normal((3, 64)).astype(np.float16).astype(np.float64)
+    h = np.array([0.5, 0.6, 0.3])
+    assert not ties.below((h, f), (4 * h, f), 1.0) and ties.below((h, f), (h, f[::-1]), 1.0)
