@@ -5,8 +5,9 @@ entropies, keys and every threshold comparison on scores are float64 (a float32 
 widened first, so ``p > T`` means the same as in the spec's real arithmetic); similarities are
 computed in float32 for speed and every one that lands within ``SIM_BAND`` of a threshold is
 recomputed in float64 from the raw features (prototypes included), every sum in row order as
-the spec writes it, so decisions match a float64 transcription of the spec; only a similarity
-that is exactly the threshold in real arithmetic can go either way with rounding.
+the spec writes it. A similarity that equals the threshold in real arithmetic is decided as
+there: exactly by DivProto (ties.py); by ENMS where float64 gets it exact (a row and its copy,
+small integer rows), the only cases in which raw rows meet a threshold exactly in practice.
 """
 
 from __future__ import annotations
