@@ -143,9 +143,9 @@ def test_intra_rejects_then_fills_up(tmp_path):
 def test_intra_threshold_is_strict_for_duplicates(tmp_path):
     """T_intra = 1 rejects exactly the duplicates (sim 1 is not < 1), though float32
     prototypes put their similarity a rounding away from 1 either side: the test near the
-    threshold recomputes it from the raw features in float64. Ten random features, each in
-    an image at score 0.5 and a duplicate at 0.45 (a lower entropy: walked after all the
-    first ones), and one two-detection image twice."""
+    threshold recomputes it from the raw features, exactly at a tie (ties.py). Ten random
+    features, each in an image at score 0.5 and a duplicate at 0.45 (a lower entropy: walked
+    after all the first ones), and one two-detection image twice."""
     rng = np.random.default_rng(3)
     feats = rng.standard_normal((10, 7)).astype(np.float32).tolist()
     pair = [(1, 0.3, feats[0][::-1]), (1, 0.6, feats[1][::-1])]
