@@ -15,10 +15,11 @@ compiled: measured on the COCO-scale benchmark, the same streaming pass as batch
 products took ~24 CPU-s (gathers, widening passes, tiny BLAS calls), and ~3.4 CPU-s here.
 
 Arithmetic: similarities are float32 (summed in any order), and one within ``band`` of the
-threshold is recomputed in float64, summed in row order as the spec's real arithmetic would,
-so decisions match a float64 implementation. NaN or infinity in a row makes its squared
-length (or a prototype sum) non-finite: the kernel stops and returns that position for the
-caller to report. ``fastmath`` omits the no-NaN/no-inf flags for that reason.
+threshold is recomputed in float64 (``cosine64``), summed in row order as the spec's real
+arithmetic would (DivProto's prototypes are recomputed so in strategies/ties.py). NaN or
+infinity in a row makes its squared length (or a prototype sum) non-finite: the kernel stops
+and returns that position for the caller to report. ``fastmath`` omits the no-NaN/no-inf
+flags for that reason.
 """
 
 from __future__ import annotations
@@ -350,3 +351,4 @@ def compile_all() -> None:
         prototypes(raw, rows, np.ones(2), starts, np.empty((1, 4), np.float32))
         first_nonfinite_row(raw)
     kcenter_step(np.ones((2, 4), np.float32), np.ones(4), np.zeros(2))
+    cosine64(np.ones(4), np.ones(4))  # float64 prototypes, at DivProto's ties (ties.py)
