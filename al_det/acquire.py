@@ -1,17 +1,28 @@
-"""Acquisition: select the next images to label from a detections dump.
+"""Acquisition: select the next images to label, in a work dir or on any dump.
 
-Reads a dump (docs/detections-dump.md) and the labeled COCO file; writes the selected
-images as a COCO file (``OUT.json``: images in selection order, the categories, no
-annotations) and ``OUT.selection.json`` (strategy, resolved parameters, seed, and per selected
-image its id, key and reason). Semantics: docs/acquisition.md. Imports no torch.
+Reads a dump (docs/detections-dump.md) and the labeled set; semantics: docs/acquisition.md.
+
+* File mode (``al-det acquire --dets``): reads the dump folder and the labeled COCO file;
+  writes ``OUT.json`` (the selected images in selection order, the categories, no
+  annotations) and ``OUT.selection.json`` (strategy, resolved parameters, seed, and per
+  selected image its id, key and reason).
+* Work-dir mode (the cycle's stage, :func:`run_acquire`): reads ``cycle_K/dump/``,
+  ``labeled.json``, ``unlabeled.json`` and, in simulation, the pool file (the only reader of
+  the unlabeled images' ground truth: the oracle); writes ``cycle_K/selection.json`` and then
+  either the next cycle's ``labeled.json`` and ``unlabeled.json`` (``unlabeled.json`` last: it
+  marks the cycle as existing) or ``cycle_K/to_label.json`` (labelling mode). The selection is
+  a pure function of the dump, the splits and the config, so a rerun after a crash redoes it
+  exactly.
+
+Everything is checked and selected before the first write, so nothing is written on any
+error. Imports no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import os
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,17 +32,17 @@ from typing import Any
 import numpy as np
 import orjson
 
+from . import coco, splits
 from .atomic import write_json
+from .config import ExperimentConfig, apply_overrides, from_dict, strategy_params, to_dict
 from .dump import Dump, read_dump
-from .errors import AcquireError, CocoError
-from .strategies import STRATEGIES
+from .errors import AcquireError, CocoError, ConfigError, SplitError, WorkdirError
+from .strategies import STRATEGIES, Strategy, make_strategy
 from .strategies.base import Pool
 from .strategies.summary import PassAhead, pass_ahead
+from .workdir import Workdir, load_frozen, locked_workdir, open_workdir, read_split
 
-# Every acquisition parameter any strategy takes; one a strategy does not use is ignored.
-KNOWN_PARAMS = sorted({f.name for cls in STRATEGIES.values() for f in dataclasses.fields(cls)})
-# Strategies that stream features.npy themselves (and check it for NaN on the way).
-_STREAMS_FEATURES = {"enms", "divproto", "enms_divproto"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,24 +68,33 @@ class Selection:
         }
 
 
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def make_strategy(strategy: str, params: Mapping[str, Any]):
-    """Instantiate a strategy from the dict, with only the parameters it uses."""
-    if strategy not in STRATEGIES:
-        raise AcquireError(f"unknown strategy {strategy!r}{_did_you_mean(strategy, STRATEGIES)};"
-                           f" choose one of {', '.join(STRATEGIES)}")
-    for name in params:
-        if name not in KNOWN_PARAMS:
-            raise AcquireError(f"unknown acquisition parameter {name!r}"
-                               f"{_did_you_mean(name, KNOWN_PARAMS)}; known: "
-                               f"{', '.join(KNOWN_PARAMS)}")
-    cls = STRATEGIES[strategy]
-    used = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in params.items() if k in used})
+# ------------------------------------------------------------------------------ the library
+def select_images(dump: Dump, labeled: Mapping[str, Any], budget: int,
+                  strategy: str | Strategy, params: Mapping[str, Any] | None = None,
+                  ahead: PassAhead | None = None) -> Selection:
+    """Select ``budget`` images of ``dump`` not in ``labeled`` with ``strategy`` (a name, with
+    ``params``, or a strategy object); ``ahead``: the streaming pass of the dump, if
+    :func:`streaming_ahead` started it for this strategy."""
+    if isinstance(strategy, str):
+        strategy = make_strategy(strategy, params or {})
+    _check_categories(dump, labeled)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
+        raise AcquireError(f"budget must be a positive integer, got {budget!r}")
+    lab_ids = {im["id"] for im in labeled["images"]}
+    cand_rows = np.array([r for r, i in enumerate(dump.image_ids) if i not in lab_ids],
+                         dtype=np.int64)
+    if budget > len(cand_rows):
+        raise AcquireError(f"budget {budget} exceeds the {len(cand_rows)} candidate images of "
+                           f"{dump.path} (dump images not in the labeled set); lower the budget")
+    if not strategy.streams_features:
+        dump.check_features()  # it never reads features; the dump must still be sound
+    picked = strategy.select(Pool(dump, cand_rows, labeled, int(budget), ahead))
+    ids = dump.image_ids
+    resolved = dataclasses.asdict(strategy)
+    name = next(k for k, v in STRATEGIES.items() if type(strategy) is v)
+    return Selection(name, resolved, resolved.get("seed"),
+                     tuple(ids[cand_rows[i]] for i in picked.order),
+                     tuple(picked.keys), tuple(picked.reasons))
 
 
 def _check_categories(dump: Dump, labeled: Mapping[str, Any]) -> None:
@@ -90,46 +110,23 @@ def _check_categories(dump: Dump, labeled: Mapping[str, Any]) -> None:
                            "run inference with the model trained on this labeled set")
 
 
-def select_images(dump: Dump, labeled: Mapping[str, Any], budget: int, strategy: str,
-                  params: Mapping[str, Any], ahead: PassAhead | None = None) -> Selection:
-    """Select ``budget`` images of ``dump`` not in ``labeled`` with ``strategy`` (``ahead``:
-    the streaming pass of the dump, if :func:`streaming_ahead` started it)."""
-    strat = make_strategy(strategy, params)
-    _check_categories(dump, labeled)
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
-        raise AcquireError(f"budget must be a positive integer, got {budget!r}")
-    lab_ids = {im["id"] for im in labeled["images"]}
-    cand_rows = np.array([r for r, i in enumerate(dump.image_ids) if i not in lab_ids],
-                         dtype=np.int64)
-    if budget > len(cand_rows):
-        raise AcquireError(f"budget {budget} exceeds the {len(cand_rows)} candidate images of "
-                           f"{dump.path} (dump images not in the labeled set); lower the budget")
-    if strategy not in _STREAMS_FEATURES:
-        dump.check_features()  # the others never read features; the dump must still be sound
-    picked = strat.select(Pool(dump, cand_rows, labeled, int(budget), ahead))
-    ids = dump.image_ids
-    resolved = dataclasses.asdict(strat)
-    seed = resolved.get("seed", params.get("seed"))
-    return Selection(strategy, resolved, seed, tuple(ids[cand_rows[i]] for i in picked.order),
-                     tuple(picked.keys), tuple(picked.reasons))
+@contextmanager
+def streaming_ahead(dump: Path, strategy: Strategy) -> Iterator[PassAhead | None]:
+    """Start ``strategy``'s streaming pass over the dump folder now (if it streams one), so
+    that it overlaps the reading of the JSON files that comes before selection."""
+    with pass_ahead(Path(dump), strategy) as ahead:
+        yield ahead
 
 
-def coco_selection(selection: Selection, dump_or_images: Dump | Sequence[dict],
+def coco_selection(selection: Selection, images: Sequence[dict],
                    categories: Sequence[dict]) -> dict:
     """The COCO dict of the selection: images in selection order, no annotations."""
-    images = dump_or_images.images if isinstance(dump_or_images, Dump) else dump_or_images
     by_id = {im["id"]: im for im in images}
     return {"images": [by_id[i] for i in selection.image_ids],
             "categories": list(categories), "annotations": []}
 
 
-def write_selection_coco(path: str | os.PathLike, selection: Selection,
-                         dump_or_images: Dump | Sequence[dict],
-                         categories: Sequence[dict]) -> None:
-    """Write the selection's COCO file atomically."""
-    write_json(path, coco_selection(selection, dump_or_images, categories))
-
-
+# -------------------------------------------------------------------------------- file mode
 def selection_path(output: Path) -> Path:
     """``OUT.json`` -> ``OUT.selection.json`` (beside it)."""
     stem = output.name[:-5] if output.name.endswith(".json") else output.name
@@ -156,38 +153,132 @@ def load_labeled(path: Path) -> dict:
     return data
 
 
-@contextmanager
-def streaming_ahead(dump: Path, strategy: str, params: Mapping[str, Any]
-                    ) -> Iterator[PassAhead | None]:
-    """For the strategies that stream features.npy, start that pass over the dump folder now,
-    so that it overlaps the reading of the JSON files that comes before selection."""
-    if strategy not in _STREAMS_FEATURES:
-        yield None
-        return
-    t_enms = getattr(make_strategy(strategy, params), "t_enms", None)
-    with pass_ahead(Path(dump), None if t_enms is None else float(t_enms)) as ahead:
-        yield ahead
+def file_params(overrides: Sequence[str]) -> dict:
+    """``--set acquire.KEY=VALUE`` overrides of file mode as strategy parameters, parsed by
+    the config's one override parser; keys outside ``acquire.`` are errors."""
+    raw: dict = {}
+    apply_overrides(raw, overrides)
+    other = [k for k in raw if k != "acquire"]
+    if other or not isinstance(raw.get("acquire", {}), dict):
+        raise ConfigError(f"--set {other[0] if other else 'acquire'}: file-mode acquire takes "
+                          "acquire.<param>=<value> only")
+    return dict(raw.get("acquire", {}))
+
+
+def check_output(output: Path) -> None:
+    """The output's folder must be one (or creatable): a file in its way is named now, before
+    any work."""
+    for parent in Path(output).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AcquireError(f"--output {output}: {parent} is a file, not a folder; give "
+                                   "an output path in a folder")
+            return
 
 
 def run_acquire_standalone(dets: Path, labeled: Path, budget: int, strategy: str,
                            output: Path, params: Mapping[str, Any]) -> Selection:
-    """`al-det acquire`: read, select, then write OUT.json and OUT.selection.json.
-
-    Everything is checked and selected before the first write, so nothing is written on any
-    error; OUT.json (the stage's final file) is written last.
-    """
+    """`al-det acquire --dets`: read, select, then write OUT.json and OUT.selection.json
+    (OUT.json, the final file, last)."""
     output = Path(output)
-    make_strategy(strategy, params)  # cheap checks before reading a large dump
-    with streaming_ahead(Path(dets), strategy, params) as ahead:
+    strat = make_strategy(strategy, params)  # cheap checks before reading a large dump
+    check_output(output)
+    with streaming_ahead(Path(dets), strat) as ahead:
         lab = load_labeled(Path(labeled))
         dump = read_dump(dets, check_features=False)  # features are checked while streamed
-        sel = select_images(dump, lab, budget, strategy, params, ahead)
-    coco = coco_selection(sel, dump, dump.categories)
+        sel = select_images(dump, lab, budget, strat, ahead=ahead)
+    coco_out = coco_selection(sel, dump.images, dump.categories)
     side = selection_path(output)
     write_json(side, sel.to_json(), indent=1)
     try:
-        write_json(output, coco)
+        write_json(output, coco_out)
     except BaseException:
         side.unlink(missing_ok=True)
         raise
     return sel
+
+
+# --------------------------------------------------------------------------- work-dir mode
+def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
+    """The acquire stage of cycle ``k``: select its images and write the next split (or
+    to_label.json); None if it was done already."""
+    if wd.stage_done(k, "acquire", cfg.mode):
+        log.info("cycle %d: acquisition already done", k)
+        return None
+    cycle = wd.cycle(k)
+    # the seed differs per cycle so random does not replay the same draws every cycle
+    strategy = make_strategy(cfg.acquire.strategy, strategy_params(cfg.acquire, cfg.seed + k))
+    with streaming_ahead(cycle.dump, strategy) as ahead:
+        labeled, unlabeled = read_split(cycle.labeled), read_split(cycle.unlabeled)
+        # infer validated the whole dump when it merged it; the strategies that use the
+        # features check them again in their single pass, so they are not read twice here
+        dump = read_dump(cycle.dump, check_features=False)
+        _check_dump_matches(dump, unlabeled, cycle.dump)
+        pool = None if cfg.mode == "labelling" else coco.load_coco(Path(cfg.data.pool))
+        where = f"{cycle.labeled} and {cycle.unlabeled}"
+        if pool is not None:
+            splits.check_splits(pool, labeled, unlabeled, where)
+        budget = splits.resolve_count(cfg.acquire.budget, len(labeled["images"]) +
+                                      len(unlabeled["images"]), "acquire.budget")
+        selection = select_images(dump, labeled, budget, strategy, ahead=ahead)
+    record = {**selection.to_json(), "cycle": k}
+    if pool is None:
+        write_json(cycle.selection, record, indent=1)
+        write_json(cycle.to_label, coco_selection(selection, unlabeled["images"],
+                                                  unlabeled["categories"]))
+        log.info("cycle %d: %d images to label in %s", k, budget, cycle.to_label)
+        return selection
+    nxt_labeled, nxt_unlabeled = splits.next_splits(pool, labeled, unlabeled,
+                                                   list(selection.image_ids), where)
+    nxt = wd.cycle(k + 1)
+    write_json(cycle.selection, record, indent=1)
+    write_json(nxt.labeled, nxt_labeled)
+    write_json(nxt.unlabeled, nxt_unlabeled)
+    log.info("cycle %d: %s selected %d images -> cycle %d has %d labeled", k,
+             cfg.acquire.strategy, budget, k + 1, len(nxt_labeled["images"]))
+    return selection
+
+
+def _check_dump_matches(dump: Dump, unlabeled: dict, path: Path) -> None:
+    want = {img["id"] for img in unlabeled["images"]}
+    have = set(dump.image_ids)
+    if not want <= have:
+        missing = sorted(want - have)[:5]
+        raise SplitError(f"{path}: the dump lacks unlabeled images {missing}; rerun `al-det infer`")
+
+
+def acquire_workdir(workdir: Path, cycle: int | None, overrides: Sequence[str],
+                    force: bool) -> Selection | None:
+    """`al-det acquire -w`: the cycle's acquisition with the frozen config. Command-line
+    changes to it (``--set``, ``--strategy``, ...) are changes of the experiment: refused
+    unless ``force``, then recorded in history.jsonl and frozen, like any other."""
+    from .stages import setup_logging
+
+    setup_logging()
+    wd = Workdir(Path(workdir))
+    cfg = _changed_config(load_frozen(wd), overrides)
+    with locked_workdir(wd):
+        wd, cfg = open_workdir(workdir, force, cfg=cfg)
+        k = _acquire_cycle(wd, cycle, cfg)
+        return run_acquire(wd, k, cfg)
+
+
+def _changed_config(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
+    if not overrides:
+        return cfg
+    raw = to_dict(cfg)
+    apply_overrides(raw, overrides)
+    return from_dict(ExperimentConfig, raw, "the command line")
+
+
+def _acquire_cycle(wd: Workdir, cycle: int | None, cfg: ExperimentConfig) -> int:
+    """The cycle to acquire for: the given one, or the latest; when that one has no dump yet,
+    say what was done and what to run next rather than only that the dump is missing."""
+    k = wd.resolve_cycle(cycle).index
+    if cycle is not None or wd.stage_done(k, "infer") or wd.stage_done(k, "acquire", cfg.mode):
+        return k
+    done = f"cycle {k - 1}'s acquisition is done; " if k > 0 else ""
+    steps = "inference" if wd.stage_done(k, "train") else "training and inference"
+    run = "" if wd.stage_done(k, "train") else f"`al-det train -w {wd.root}`, then "
+    raise WorkdirError(f"{wd.cycle(k).dump}: not found: {done}the latest cycle, {k}, needs "
+                       f"{steps} first: run {run}`al-det infer -w {wd.root}`")

@@ -69,8 +69,8 @@ def main() -> None:
 @_friendly
 def init(config_path: Path, workdir: Path, overrides: tuple[str, ...], force: bool) -> None:
     """Validate the data and config, freeze them, and write cycle 0's splits."""
-    from al_det.init import locked_workdir, run_init
-    from al_det.workdir import Workdir
+    from al_det.init import run_init
+    from al_det.workdir import Workdir, locked_workdir
 
     with locked_workdir(Workdir(workdir)):
         run_init(config_path, workdir, overrides, force=force)
@@ -99,6 +99,29 @@ _stage_command("infer", "Detections + instance features on the unlabeled pool ->
                         "dump.")
 
 
+class StrategyChoice(click.Choice):
+    """The names of the strategy dict, loaded when first needed (``al-det --help`` and the
+    other commands need not import the strategies)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self):  # noqa: ANN201 - click reads a sequence of names
+        from al_det.strategies import STRATEGIES
+
+        return tuple(STRATEGIES)
+
+    @choices.setter
+    def choices(self, _value) -> None:  # noqa: ANN001 - set by click.Choice.__init__
+        pass
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        # the choices show in --help; a wrong name is refused by the library, in one line
+        # with a "did you mean", rather than by click's multi-line usage error
+        return value
+
+
 @main.command()
 @click.option("-w", "--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Work-dir mode: acquire for the cycle, config-driven.")
@@ -108,7 +131,7 @@ _stage_command("infer", "Detections + instance features on the unlabeled pool ->
 @click.option("--labeled", type=click.Path(dir_okay=False, path_type=Path),
               help="File mode: the labeled set S as COCO JSON.")
 @click.option("--budget", type=int, help="File mode: number of images to select.")
-@click.option("--strategy", help="random | entropy | enms | divproto | enms_divproto | coreset")
+@click.option("--strategy", type=StrategyChoice(), help="The acquisition strategy.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="File mode: the COCO JSON of selected images (and OUT.selection.json).")
 @click.option("--seed", type=int, default=None, help="Seed of random selection.")
@@ -126,14 +149,39 @@ def acquire(workdir: Path | None, cycle: int | None, dets: Path | None, labeled:
     Work-dir mode:  al-det acquire -w WORKDIR [--cycle K]
     File mode:      al-det acquire --dets DUMP --labeled S.json --budget B \\
                         --strategy enms_divproto --output OUT.json
-    """
-    from al_det.acquire_cli import acquire_command
 
-    acquire_command(
-        workdir=workdir, cycle=cycle, dets=dets, labeled=labeled, budget=budget,
-        strategy=strategy, output=output, seed=seed, no_intra=no_intra, no_inter=no_inter,
-        overrides=overrides, force=force,
-    )
+    In work-dir mode --strategy, --seed, --no-intra, --no-inter and --set change the frozen
+    config: refused unless --force (then recorded in history.jsonl).
+    """
+    from al_det.errors import ConfigError
+
+    file_args = {"dets": dets, "labeled": labeled, "budget": budget, "output": output}
+    given = [k for k, v in file_args.items() if v is not None]
+    switches = {"acquire.intra": False} if no_intra else {}
+    switches.update({"acquire.inter": False} if no_inter else {})
+    if workdir is not None:
+        if given:
+            raise ConfigError(f"--workdir cannot be combined with --{', --'.join(given)}")
+        from al_det.acquire import acquire_workdir
+
+        changes = {**switches, "acquire.strategy": strategy, "seed": seed}
+        sets = [*overrides, *(f"{k}={v}" for k, v in changes.items() if v is not None)]
+        sel = acquire_workdir(workdir, cycle, sets, force)
+        if sel is not None:
+            click.echo(f"selected {len(sel.image_ids)} images with {sel.strategy}")
+        return
+    missing = [k for k in (*file_args, "strategy") if k not in given and
+               not (k == "strategy" and strategy)]
+    if missing:
+        raise ConfigError(f"acquire needs -w WORKDIR, or all of --dets, --labeled, --budget, "
+                          f"--strategy, --output (missing --{', --'.join(missing)})")
+    from al_det.acquire import file_params, run_acquire_standalone
+
+    params = {**file_params(overrides), **{k.split(".")[1]: v for k, v in switches.items()}}
+    if seed is not None:
+        params["seed"] = seed
+    sel = run_acquire_standalone(dets, labeled, budget, strategy, output, params)
+    click.echo(f"selected {len(sel.image_ids)} images with {sel.strategy} -> {output}")
 
 
 @main.command()

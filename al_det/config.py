@@ -19,7 +19,8 @@ from typing import Any, Union
 
 import yaml
 
-from al_det.errors import ConfigError
+from al_det.errors import AcquireError, ConfigError
+from al_det.strategies import STRATEGIES, check_parameters
 
 
 @dataclass(frozen=True)
@@ -81,18 +82,21 @@ class InferConfig:
     chunk_size: int = 256  # images per inference shard: the work a kill can lose
 
 
-@dataclass(frozen=True)
-class AcquireConfig:
-    strategy: str = "enms_divproto"
-    budget: float = 0.05  # images per cycle: an int count, or a fraction (<1) of the pool
-    t_enms: float = 0.5
-    t_intra: float = 0.7
-    t_inter: float = 0.3
-    alpha: float = 0.5
-    beta: float = 0.75
-    intra_missing: str = "novel"
-    intra: bool = True
-    inter: bool = True
+def _acquire_config() -> type:
+    """``strategy``, ``budget`` (images per cycle: an int count, or a fraction < 1 of the pool)
+    and every parameter of the strategies, with the types and defaults they declare
+    (al_det/strategies: the one place they are declared and validated)."""
+    from al_det.strategies import parameters
+
+    fields = [("strategy", str, field(default="enms_divproto")),
+              ("budget", float, field(default=0.05))]
+    fields += [(name, tp, field(default=default)) for name, (tp, default) in parameters().items()]
+    cls = dataclasses.make_dataclass("AcquireConfig", fields, frozen=True)
+    cls.__module__ = __name__
+    return cls
+
+
+AcquireConfig = _acquire_config()
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,7 @@ class ExperimentConfig:
 
 CHOICES = {
     "mode": ("simulation", "labelling"),
-    "acquire.strategy": ("random", "entropy", "enms", "divproto", "enms_divproto", "coreset"),
-    "acquire.intra_missing": ("novel", "skip"),
+    "acquire.strategy": tuple(STRATEGIES),
     "infer.feature_dtype": ("float16", "float32"),
     "model.name": (
         "tiny_frcnn",
@@ -125,7 +128,6 @@ CHOICES = {
     ),
 }
 UNIT_INTERVAL = (
-    "acquire.t_enms", "acquire.t_intra", "acquire.t_inter", "acquire.alpha", "acquire.beta",
     "infer.score_thresh", "train.hflip", "train.warmup_factor", "train.lr_gamma",
 )
 POSITIVE = (
@@ -280,12 +282,22 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
         value = _get(cfg, key)
         if value >= 1 and not float(value).is_integer():
             raise ConfigError(f"{source}: {key}={value}: give a count (integer) or a fraction < 1")
-    if not 0 < cfg.acquire.alpha <= 1:
-        raise ConfigError(f"{source}: acquire.alpha={cfg.acquire.alpha} must lie in (0, 1]")
+    try:  # the strategies check their own parameters
+        check_parameters(strategy_params(cfg.acquire))
+    except AcquireError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if cfg.data.synthetic is None and cfg.data.pool is None:
         raise ConfigError(f"{source}: data.pool is missing: name the pool's COCO JSON file")
     if cfg.mode == "labelling" and cfg.data.labeled is None:
         raise ConfigError(f"{source}: mode=labelling needs data.labeled, your labeled COCO file")
+
+
+def strategy_params(acq: Any, seed: int | None = None) -> dict:
+    """The strategies' parameters in ``acq`` (an AcquireConfig), plus the acquisition's seed."""
+    from al_det.strategies import parameters
+
+    params = {k: v for k, v in dataclasses.asdict(acq).items() if k in parameters()}
+    return params if seed is None else {**params, "seed": seed}
 
 
 def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:

@@ -207,12 +207,53 @@ def write_dump(
     }
     if image_features is not None:
         arrays["image_features"] = np.asarray(image_features, dtype=np.float32)
+    _save(Path(path), meta, {name: [arr] for name, arr in arrays.items()})
+    return Path(path)
+
+
+def merge_dumps(parts: Sequence[Dump], out: str | os.PathLike, categories: Sequence[dict],
+                extra_meta: dict | None = None) -> Dump:
+    """Concatenate dumps (their images in order) into ``out``, streaming every array the
+    parts hold, optional ones included; the result is read back and checked in full."""
+    if not parts:
+        raise DumpError(f"{out}: nothing to merge")
+    names = sorted(p.stem for p in Path(parts[0].path).glob("*.npy") if p.stem != "offsets")
+    starts = np.cumsum([0] + [int(d.offsets[-1]) for d in parts])[:-1]
+    offsets = np.concatenate([[0], *(d.offsets[1:] + s for d, s in zip(parts, starts,
+                                                                         strict=True))])
+    meta = dict(extra_meta or {})
+    meta.update(format=FORMAT, version=VERSION, feature_dim=parts[0].feature_dim,
+                categories=list(categories), images=[im for d in parts for im in d.images])
+    arrays = {"offsets": [offsets.astype(np.int64)]}
+    arrays.update({n: [np.load(Path(d.path) / f"{n}.npy", mmap_mode="r") for d in parts]
+                   for n in names})
+    _save(Path(out), meta, arrays)
+    return read_dump(out)  # the merged dump must pass every rule of the spec
+
+
+def _save(path: Path, meta: dict, arrays: dict[str, list[np.ndarray]]) -> None:
+    """The one writer of dump folders: ``meta.json`` and each array as the concatenation of
+    its parts (streamed into the .npy, never held whole), atomically (a temporary folder,
+    then rename)."""
     with atomic_dir(path) as tmp:
         with open(tmp / "meta.json", "w") as fh:
             json.dump(meta, fh)
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
-    return Path(path)
+        for name, parts in arrays.items():
+            _save_concatenated(tmp / f"{name}.npy", parts)
+
+
+def _save_concatenated(path: Path, parts: list[np.ndarray]) -> None:
+    shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
+    if len(parts) == 1 or not shape[0]:  # in memory already (a memory map of 0 bytes fails)
+        np.save(path, np.ascontiguousarray(np.concatenate(parts)))
+        return
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=parts[0].dtype, shape=shape)
+    start = 0
+    for p in parts:
+        arr[start:start + len(p)] = p
+        start += len(p)
+    arr.flush()
+    del arr
 
 
 def read_dump(path: str | os.PathLike, check_features: bool = True) -> Dump:

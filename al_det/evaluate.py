@@ -11,7 +11,6 @@ them from the artifacts.
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import logging
@@ -21,12 +20,11 @@ from pathlib import Path
 from al_det import atomic, coco
 from al_det.config import ExperimentConfig
 from al_det.errors import ConfigError
-from al_det.workdir import Workdir
+from al_det.summary import METRICS, update_summary
+from al_det.workdir import Workdir, read_split
 
 log = logging.getLogger(__name__)
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-SUMMARY_FIELDS = ("cycle", "labeled_images", "labeled_fraction", *METRICS)
 
 
 def run_evaluate(wd: Workdir, k: int, cfg: ExperimentConfig) -> dict | None:
@@ -46,8 +44,8 @@ def run_evaluate(wd: Workdir, k: int, cfg: ExperimentConfig) -> dict | None:
                         key=lambda d: (d["image_id"], -d["score"]))
     atomic.write_json(cycle.detections, detections)
     metrics = coco_metrics(test, json.loads(cycle.detections.read_text()))
-    labeled = len(json.loads(cycle.labeled.read_text())["images"])
-    unlabeled = len(json.loads(cycle.unlabeled.read_text())["images"])
+    labeled = len(read_split(cycle.labeled)["images"])
+    unlabeled = len(read_split(cycle.unlabeled)["images"])
     row = {"cycle": k, "labeled_images": labeled,
            "labeled_fraction": round(labeled / max(1, labeled + unlabeled), 6), **metrics}
     atomic.write_json(cycle.metrics, {**row, "detections": len(detections),
@@ -64,7 +62,7 @@ def _predict(wd: Workdir, k: int, cfg: ExperimentConfig, test: dict) -> list[dic
 
     from al_det import checkpoint, data, dist, models
 
-    cmap = coco.CategoryMap.from_json(json.loads(wd.categories.read_text()))
+    cmap = wd.read_categories()
     test_ids = cmap.match(test["categories"], cfg.data.test)
     to_test_id = {ours: theirs for theirs, ours in test_ids.items()}
     device = dist.device()
@@ -110,17 +108,3 @@ def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
         ev.accumulate()
         ev.summarize()
     return {name: float(v) for name, v in zip(METRICS, ev.stats[:6], strict=True)}
-
-
-def update_summary(path: Path, row: dict) -> None:
-    """Replace or add the cycle's row of summary.csv, rewritten atomically, sorted by cycle."""
-    rows = {}
-    if path.exists():
-        with open(path, newline="") as fh:
-            rows = {int(r["cycle"]): r for r in csv.DictReader(fh)}
-    rows[int(row["cycle"])] = {k: row[k] for k in SUMMARY_FIELDS}
-    with atomic.atomic_open(path, "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for k in sorted(rows):
-            writer.writerow(rows[k])

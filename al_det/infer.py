@@ -18,16 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from al_det import atomic, coco
+from al_det import coco
 from al_det.config import ExperimentConfig
-from al_det.dump import read_dump, write_dump
+from al_det.dump import merge_dumps, read_dump, write_dump
 from al_det.errors import DumpError
-from al_det.workdir import Workdir
+from al_det.workdir import Cycle, Workdir, read_split
 
 log = logging.getLogger(__name__)
-
-PER_DETECTION = ("boxes", "scores", "labels", "features")
-
 
 def run_infer(wd: Workdir, k: int, cfg: ExperimentConfig) -> Path:
     """Write cycle ``k``'s dump (all ranks infer their chunks; rank 0 merges)."""
@@ -36,16 +33,16 @@ def run_infer(wd: Workdir, k: int, cfg: ExperimentConfig) -> Path:
     cycle = wd.cycle(k)
     if (cycle.dump / "meta.json").exists():
         return cycle.dump
-    unlabeled = json.loads(cycle.unlabeled.read_text())
+    unlabeled = read_split(cycle.unlabeled)
     size = cfg.infer.chunk_size
     chunks = [unlabeled["images"][i:i + size] for i in range(0, len(unlabeled["images"]), size)]
     mine = dist.shard_indices(len(chunks), dist.rank(), dist.world_size())
-    todo = [c for c in mine if not _chunk_done(cycle.shards, c, chunks[c])]
+    todo = [c for c in mine if not _chunk_done(cycle, c, chunks[c])]
     if todo:
         _infer_chunks(wd, k, cfg, {c: chunks[c] for c in todo}, unlabeled["categories"])
     dist.barrier()
     if dist.is_main():
-        merge_chunks(cycle.shards, chunks, unlabeled, cycle.dump,
+        merge_chunks(cycle, chunks, unlabeled,
                      {"model": cfg.model.name, "cycle": k,
                       "score_thresh": cfg.infer.score_thresh,
                       "detections_per_img": cfg.infer.detections_per_img})
@@ -54,13 +51,9 @@ def run_infer(wd: Workdir, k: int, cfg: ExperimentConfig) -> Path:
     return cycle.dump
 
 
-def _chunk_dir(shards: Path, c: int) -> Path:
-    return shards / f"chunk_{c:05d}"
-
-
-def _chunk_done(shards: Path, c: int, images: list[dict]) -> bool:
+def _chunk_done(cycle: Cycle, c: int, images: list[dict]) -> bool:
     """A chunk is reusable when its dump is complete and holds exactly its images."""
-    meta = _chunk_dir(shards, c) / "meta.json"
+    meta = cycle.chunk(c) / "meta.json"
     if not meta.exists():
         return False
     return [img["id"] for img in json.loads(meta.read_text())["images"]] == [
@@ -73,7 +66,7 @@ def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, chunks: dict[int, 
 
     from al_det import checkpoint, data, dist, models
 
-    cmap = coco.CategoryMap.from_json(json.loads(wd.categories.read_text()))
+    cmap = wd.read_categories()
     device = dist.device()
     model = checkpoint.load_trained(wd.cycle(k).model, cfg, len(cmap.labels), device)
     models.set_inference_params(model, cfg.infer.score_thresh, cfg.infer.detections_per_img)
@@ -92,7 +85,7 @@ def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, chunks: dict[int, 
                 outputs.extend(models.predict_with_features(model, [i.to(device) for i in images]))
                 for _ in images:
                     next(ticks, None)
-        _write_chunk(_chunk_dir(wd.cycle(k).shards, c), part, outputs, cmap, cfg)
+        _write_chunk(wd.cycle(k).chunk(c), part, outputs, cmap, cfg)
     next(ticks, None)  # close the bar
 
 
@@ -115,43 +108,19 @@ def _write_chunk(path: Path, part: dict, outputs: list[dict], cmap: coco.Categor
     )
 
 
-def merge_chunks(shards: Path, chunks: list[list[dict]], unlabeled: dict, out: Path,
-                 extra: dict) -> None:
-    """Concatenate the chunk dumps into ``out``, streaming, after checking exact coverage."""
+def merge_chunks(cycle: Cycle, chunks: list[list[dict]], unlabeled: dict, extra: dict) -> None:
+    """Merge the chunk dumps into the cycle's dump, after checking that they cover the
+    unlabeled pool exactly once."""
+    out = cycle.dump
     if not chunks:
         raise DumpError(f"{out}: the unlabeled pool is empty: nothing left to acquire")
     dumps = []
     for c, images in enumerate(chunks):
-        if not _chunk_done(shards, c, images):
-            raise DumpError(
-                f"{_chunk_dir(shards, c)}: shard missing or stale; rerun `al-det infer`")
-        # features are checked once, on the merged dump below, not per chunk as well
-        dumps.append(read_dump(_chunk_dir(shards, c), check_features=False))
+        if not _chunk_done(cycle, c, images):
+            raise DumpError(f"{cycle.chunk(c)}: shard missing or stale; rerun `al-det infer`")
+        # features are checked once, on the merged dump, not per chunk as well
+        dumps.append(read_dump(cycle.chunk(c), check_features=False))
     images = [img for d in dumps for img in d.images]
     if [i["id"] for i in images] != [i["id"] for i in unlabeled["images"]]:
-        raise DumpError(f"{shards}: the shards do not cover the unlabeled pool exactly once")
-    sizes = [int(d.offsets[-1]) for d in dumps]
-    starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
-    shifted = [d.offsets[1:] + s for d, s in zip(dumps, starts, strict=True)]
-    offsets = np.concatenate([[0], *shifted])
-    with atomic.atomic_dir(out) as tmp:
-        np.save(tmp / "offsets.npy", offsets.astype(np.int64))
-        for name in PER_DETECTION:
-            _concat_npy(tmp / f"{name}.npy", [getattr(d, name) for d in dumps])
-        _concat_npy(tmp / "image_features.npy", [d.image_features for d in dumps])
-        meta = {"format": "al-det/detections", "version": 1, "feature_dim": dumps[0].feature_dim,
-                "categories": unlabeled["categories"], "images": images, **extra}
-        atomic.write_json(tmp / "meta.json", meta)
-    read_dump(out)  # the merged dump must pass every rule of the spec
-
-
-def _concat_npy(path: Path, parts: list[np.ndarray]) -> None:
-    """Write the concatenation of ``parts`` to a .npy without holding it in memory."""
-    shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=parts[0].dtype, shape=shape)
-    start = 0
-    for p in parts:
-        arr[start:start + len(p)] = p
-        start += len(p)
-    arr.flush()
-    del arr
+        raise DumpError(f"{cycle.shards}: the shards do not cover the unlabeled pool exactly once")
+    merge_dumps(dumps, out, unlabeled["categories"], extra)

@@ -5,65 +5,35 @@ Reads the experiment YAML, the pool and test COCO files (or generates the demo d
 ``WORKDIR/categories.json``, ``versions.json``, ``cycle_000/labeled.json`` and
 ``unlabeled.json``, then ``config.yaml`` last: a work dir with a config is initialised. Every
 check runs before the first write, so a bad input leaves nothing behind.
-
-Also home of :func:`open_workdir`, which later commands use to read the frozen config and
-refuse a work dir whose config or library versions changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from importlib import metadata
+from collections.abc import Sequence
 from pathlib import Path
 
 from al_det import atomic, coco, splits
-from al_det.config import ExperimentConfig, diff_configs, dump_config, load_config
-from al_det.errors import AlDetError, ConfigError, WorkdirError
-from al_det.workdir import RunLock, Workdir
+from al_det.config import ExperimentConfig, load_config
+from al_det.errors import AlDetError, ConfigError
+from al_det.workdir import (
+    Workdir,
+    adopt_changes,
+    find_changes,
+    freeze,
+    library_versions,
+    load_frozen,
+    refuse_changes,
+)
 
 log = logging.getLogger(__name__)
-
-TRACKED_PACKAGES = ("al-det", "torch", "torchvision", "numpy", "pycocotools")
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions, read from package metadata (no torch import)."""
-    out = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-@contextmanager
-def locked_workdir(wd: Workdir) -> Iterator[None]:
-    """Hold the work dir's lock and clear leftovers of killed writes; if what runs inside fails
-    before ``config.yaml`` exists in a work dir this call created, remove that dir again, so a
-    failed init leaves nothing behind."""
-    fresh = not wd.root.exists()
-    try:
-        with RunLock(wd):
-            atomic.clean_tmp(wd.root)
-            yield
-    except BaseException:
-        if fresh and not wd.config.exists():
-            shutil.rmtree(wd.root, ignore_errors=True)
-        raise
-
 
 def run_init(
     config_path: Path, workdir: Path, overrides: Sequence[str] = (), force: bool = False
 ) -> ExperimentConfig:
     """Initialise ``workdir`` (idempotent when it already holds the same config); the caller
-    holds :func:`locked_workdir`."""
+    holds :func:`al_det.workdir.locked_workdir`."""
     wd = Workdir(Path(workdir))
     cfg = load_config(config_path, overrides)
     if wd.config.exists():
@@ -77,34 +47,43 @@ def run_init(
         labeled_ids, _ = splits.initial_split(pool, count, cfg.seed)
     labeled, unlabeled = splits.make_splits(pool, labeled_ids)
     splits.check_splits(pool, labeled, unlabeled)
+    check_budget(cfg, len(pool["images"]), len(labeled["images"]))
     cycle = wd.cycle(0)
     atomic.write_json(wd.categories, cmap.to_json(), indent=1)
     atomic.write_json(wd.versions, library_versions(), indent=1)
     atomic.write_json(cycle.labeled, labeled)
     atomic.write_json(cycle.unlabeled, unlabeled)
-    atomic.write_text(wd.config, dump_config(cfg))
+    freeze(wd, cfg)
     log.info("initialised %s: %d labeled, %d unlabeled images, %d categories", wd.root,
              len(labeled["images"]), len(unlabeled["images"]), len(cmap.labels))
     return cfg
 
 
 def _reinit(wd: Workdir, cfg: ExperimentConfig, force: bool) -> ExperimentConfig:
-    """Same config again: nothing to do. A different one: refused unless forced."""
+    """Same config again: nothing to do. A different one (or changed library versions):
+    refused unless forced, then recorded and frozen."""
     frozen = load_frozen(wd)
     if cfg.data.synthetic is not None:  # the generated paths are frozen, the recipe compared
         cfg = dataclasses.replace(
             cfg, data=dataclasses.replace(frozen.data, synthetic=cfg.data.synthetic))
-    changes = diff_configs(frozen, cfg)
-    if not changes:
-        return frozen
+    changes = find_changes(wd, cfg)
     if not force:
-        raise ConfigError(
-            f"{wd.config}: the config differs from the one this work dir was initialised "
-            f"with ({'; '.join(changes)}); use a new work dir, or --force to adopt it"
-        )
-    record_forced(wd, "config", changes)
-    atomic.write_text(wd.config, dump_config(cfg))
+        refuse_changes(wd, changes)
+    adopt_changes(wd, cfg, changes)
     return cfg
+
+
+def check_budget(cfg: ExperimentConfig, pool_size: int, labeled: int) -> None:
+    """Refuse, before any model work, a budget that the pool cannot meet at some cycle."""
+    if cfg.cycles < 2:
+        return
+    budget = splits.resolve_count(cfg.acquire.budget, pool_size, "acquire.budget")
+    need = labeled + (cfg.cycles - 1) * budget
+    if need > pool_size:
+        raise ConfigError(
+            f"acquire.budget={cfg.acquire.budget!r}: {cfg.cycles - 1} acquisitions of {budget} "
+            f"images after the {labeled} initial ones need {need} images, but the pool has "
+            f"{pool_size}; lower acquire.budget, cycles or initial")
 
 
 def _generate_demo(wd: Workdir, cfg: ExperimentConfig) -> ExperimentConfig:
@@ -163,37 +142,3 @@ def _merge_user_labels(pool: dict, cmap: coco.CategoryMap, path: Path) -> tuple[
         anns.append({**ann, "id": next_ann + i, "image_id": ids[ann["image_id"]],
                      "category_id": match[ann["category_id"]]})
     return {**pool, "annotations": anns}, [ids[img["id"]] for img in user["images"]]
-
-
-def load_frozen(wd: Workdir) -> ExperimentConfig:
-    if not wd.config.exists():
-        raise WorkdirError(f"{wd.root}: not an al-det work dir (no config.yaml): run `al-det init`")
-    return load_config(wd.config)
-
-
-def open_workdir(workdir: Path, force: bool = False) -> tuple[Workdir, ExperimentConfig]:
-    """The work dir and its frozen config; refuses changed library versions unless forced."""
-    wd = Workdir(Path(workdir))
-    cfg = load_frozen(wd)
-    frozen = json.loads(wd.versions.read_text()) if wd.versions.exists() else {}
-    now = library_versions()
-    changes = [f"{k}: {frozen.get(k)} -> {v}" for k, v in now.items() if frozen.get(k) != v]
-    if changes and not force:
-        raise WorkdirError(
-            f"{wd.versions}: library versions changed since init ({'; '.join(changes)}); "
-            "results would mix versions: use the same environment, or --force to go on"
-        )
-    if changes:
-        record_forced(wd, "versions", changes)
-        atomic.write_json(wd.versions, now, indent=1)
-    return wd, cfg
-
-
-def record_forced(wd: Workdir, what: str, changes: list[str]) -> None:
-    """Append a forced change to history.jsonl (rewritten atomically)."""
-    path = wd.root / "history.jsonl"
-    old = path.read_text() if path.exists() else ""
-    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "forced": what,
-                       "changes": changes})
-    atomic.write_text(path, old + line + "\n")
-    log.warning("forced %s change: %s", what, "; ".join(changes))

@@ -8,32 +8,30 @@ by name, since labelling tools renumber both.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from al_det import atomic, coco, splits
 from al_det.errors import WorkdirError
+from al_det.workdir import Workdir, locked_workdir, open_workdir, read_split
 
 log = logging.getLogger(__name__)
 
 
 def run_label(workdir: Path, cycle: int | None, annotations: Path, force: bool = False) -> None:
-    from al_det.init import locked_workdir, open_workdir
-
-    wd, _cfg = open_workdir(workdir, force)
-    k = wd.resolve_cycle(cycle).index
-    cur, nxt = wd.cycle(k), wd.cycle(k + 1)
-    if not cur.to_label.exists():
-        raise WorkdirError(f"{cur.to_label}: missing: run `al-det acquire -w {wd.root}` first")
-    if nxt.unlabeled.exists():
-        raise WorkdirError(f"{nxt.root}: cycle {k + 1} already has its splits")
+    wd = Workdir(Path(workdir))
     with locked_workdir(wd):
-        to_label = json.loads(cur.to_label.read_text())
-        labeled = json.loads(cur.labeled.read_text())
-        unlabeled = json.loads(cur.unlabeled.read_text())
+        wd, _cfg = open_workdir(workdir, force)
+        k = wd.resolve_cycle(cycle).index
+        cur, nxt = wd.cycle(k), wd.cycle(k + 1)
+        if not cur.to_label.exists():
+            raise WorkdirError(f"{cur.to_label}: missing: run `al-det acquire -w {wd.root}` first")
+        if nxt.unlabeled.exists():
+            raise WorkdirError(f"{nxt.root}: cycle {k + 1} already has its splits")
+        to_label = read_split(cur.to_label)
+        labeled, unlabeled = read_split(cur.labeled), read_split(cur.unlabeled)
         export = coco.load_coco(Path(annotations))
-        cmap = coco.CategoryMap.from_json(json.loads(wd.categories.read_text()))
+        cmap = wd.read_categories()
         # an export may list only the labels used in this round
         match = cmap.match(export["categories"], str(annotations), allow_missing=True)
         new_labeled, new_unlabeled = splits.import_labels(

@@ -6,11 +6,11 @@ matplotlib is optional (``pip install "al-det[plot]"``).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from al_det import atomic
 from al_det.errors import AlDetError
+from al_det.summary import read_summary
 from al_det.workdir import Workdir
 
 
@@ -25,8 +25,7 @@ def plot_summary(workdir: Path, output: Path | None = None) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise AlDetError('report needs matplotlib: pip install "al-det[plot]"') from None
-    with open(wd.summary, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_summary(wd.summary)
     x = [100 * float(r["labeled_fraction"]) for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for key in ("AP", "AP50"):
@@ -35,7 +34,7 @@ def plot_summary(workdir: Path, output: Path | None = None) -> Path:
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(output) if output else wd.root / "curve.png"
+    out = Path(output) if output else wd.curve
     with atomic.atomic_open(out, "wb") as fh:
         fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)

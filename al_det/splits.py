@@ -121,7 +121,7 @@ def _check_selection(ids: list, pool_ids: set, labeled_ids: set, unlabeled_ids: 
 
 
 def next_splits(pool: dict, labeled: dict, unlabeled: dict,
-                selected_ids: Iterable[int]) -> tuple[dict, dict]:
+                selected_ids: Iterable[int], where: str = "splits") -> tuple[dict, dict]:
     """Simulated oracle: label the selected images by copying their ground truth from the pool.
 
     Returns (next labeled, next unlabeled). The labeled split keeps its previous images and
@@ -129,7 +129,7 @@ def next_splits(pool: dict, labeled: dict, unlabeled: dict,
     annotations; it grows by exactly ``len(selected_ids)``.
     """
     selected = list(selected_ids)
-    check_splits(pool, labeled, unlabeled)
+    check_splits(pool, labeled, unlabeled, where)
     _check_selection(selected, {im["id"] for im in pool["images"]},
                      {im["id"] for im in labeled["images"]},
                      {im["id"] for im in unlabeled["images"]}, "selection")
@@ -139,7 +139,7 @@ def next_splits(pool: dict, labeled: dict, unlabeled: dict,
     nxt_unlabeled = subset(unlabeled, [im["id"] for im in unlabeled["images"]
                                        if im["id"] not in chosen], with_annotations=False)
     _check_growth(labeled, nxt_labeled, len(selected))
-    check_splits(pool, nxt_labeled, nxt_unlabeled)
+    check_splits(pool, nxt_labeled, nxt_unlabeled, "next splits")
     return nxt_labeled, nxt_unlabeled
 
 
@@ -158,17 +158,18 @@ def _check_growth(before: dict, after: dict, n: int) -> None:
                          "please report it")
 
 
-def check_splits(pool: dict, labeled: dict, unlabeled: dict) -> None:
+def check_splits(pool: dict, labeled: dict, unlabeled: dict, where: str = "splits") -> None:
     """Check: no duplicates, labeled and unlabeled disjoint, union = pool, unlabeled unannotated.
 
-    Labeled annotations must also belong to labeled images. Errors name up to 5 image ids.
+    Labeled annotations must also belong to labeled images. Errors start with ``where`` (the
+    split files, when the splits were read from files) and name up to 5 image ids.
     """
     lab = [im["id"] for im in labeled["images"]]
     unl = [im["id"] for im in unlabeled["images"]]
     for name, ids in (("labeled", lab), ("unlabeled", unl)):
         dup = _duplicates(ids)
         if dup:
-            raise SplitError(f"{name} split: image ids {_ids(dup)} appear more than once; "
+            raise SplitError(f"{where}: {name} image ids {_ids(dup)} appear more than once; "
                              "the split files were edited or corrupted, rebuild them")
     lab_set, unl_set = set(lab), set(unl)
     pool_ids = {im["id"] for im in pool["images"]}
@@ -183,7 +184,7 @@ def check_splits(pool: dict, labeled: dict, unlabeled: dict) -> None:
     )
     for bad, why in problems:
         if bad:
-            raise SplitError(f"splits: image ids {_ids(bad)} {why}; the split files do not "
+            raise SplitError(f"{where}: image ids {_ids(bad)} {why}; the split files do not "
                              "match the pool, rebuild them from the last good cycle")
 
 

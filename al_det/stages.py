@@ -1,52 +1,60 @@
-"""Runs one torch stage (train, evaluate, infer) of a work dir, alone or under torchrun.
+"""The stages of a cycle, name -> function, and the runner of one torch stage.
 
-Reads the frozen config through :func:`al_det.init.open_workdir`; the stage modules write
-their own artifacts. Sets up the process group from the launcher's environment, holds the
-work dir's lock on rank 0 (so a second job on the same work dir is refused), and tears the
-group down on the way out so one failing rank does not leave the others hanging.
+Each ``run_<stage>(wd, k, cfg)`` writes its own artifacts (see :mod:`al_det.workdir`); this
+module only looks them up and, for ``al-det train/evaluate/infer``, opens the work dir, sets up
+the process group from the launcher's environment, holds the work dir's lock on rank 0 (so a
+second job on the same work dir is refused) and tears the group down on the way out, so that
+one failing rank does not leave the others hanging.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from al_det.atomic import clean_tmp
-from al_det.init import open_workdir
-from al_det.workdir import RunLock
+from al_det.errors import WorkdirError
+from al_det.workdir import RunLock, adopt_changes, find_changes, open_workdir
 
-log = logging.getLogger(__name__)
+# module and function of each stage, imported on use: acquire never imports torch
+STAGE_FUNCTIONS = {
+    "train": ("al_det.train", "run_train"),
+    "evaluate": ("al_det.evaluate", "run_evaluate"),
+    "infer": ("al_det.infer", "run_infer"),
+    "acquire": ("al_det.acquire", "run_acquire"),
+}
+
+
+def stage_function(stage: str) -> Callable:
+    """The ``run_<stage>(wd, k, cfg)`` function of ``stage``."""
+    if stage not in STAGE_FUNCTIONS:
+        raise WorkdirError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_FUNCTIONS)}")
+    module, name = STAGE_FUNCTIONS[stage]
+    return getattr(importlib.import_module(module), name)
 
 
 def run_stage(stage: str, workdir: Path, cycle: int | None, force: bool = False) -> None:
-    """Run ``stage`` for ``cycle`` (default: the latest) of ``workdir``."""
-    from contextlib import nullcontext
-
+    """Run the torch ``stage`` for ``cycle`` (default: the latest) of ``workdir``."""
     from al_det import dist
 
+    run = stage_function(stage)
     setup_logging()
-    wd, cfg = open_workdir(workdir, force)
+    wd, cfg = open_workdir(workdir, force, record=False)  # rank 0 records, under the lock
     k = wd.resolve_cycle(cycle).index
     dist.init_distributed(cfg.device)
     try:
         with RunLock(wd) if dist.is_main() else nullcontext():
             if dist.is_main():
+                if force:
+                    adopt_changes(wd, cfg, find_changes(wd, cfg))
                 clean_tmp(wd.cycle(k).root)
             dist.barrier()
-            stage_function(stage)(wd, k, cfg)
+            run(wd, k, cfg)
     finally:
         dist.cleanup()
-
-
-def stage_function(stage: str):  # noqa: ANN201 - returns a run_<stage> function
-    if stage == "train":
-        from al_det.train import run_train
-        return run_train
-    if stage == "evaluate":
-        from al_det.evaluate import run_evaluate
-        return run_evaluate
-    from al_det.infer import run_infer
-    return run_infer
 
 
 def setup_logging() -> None:

@@ -190,11 +190,7 @@ def _dataset(wd: Workdir, cycle: Cycle, k: int,
         raise WorkdirError(f"{cycle.labeled}: missing; cycle {k} has no labeled split yet")
     if cfg.data.pool_images is None:
         raise ConfigError("data.pool_images is not set: name the folder of the pool's images")
-    try:
-        cmap = CategoryMap.from_json(json.loads(wd.categories.read_text()), str(wd.categories))
-    except (OSError, ValueError) as exc:
-        raise WorkdirError(f"{wd.categories}: missing or unreadable ({exc}); re-run "
-                           "`al-det init` for this work dir") from None
+    cmap = wd.read_categories()
     labeled = load_coco(cycle.labeled)
     if not labeled["images"]:
         raise WorkdirError(f"{cycle.labeled}: no labeled images to train on")

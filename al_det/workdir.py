@@ -1,31 +1,54 @@
-"""Every artifact path of a work dir, stage state, and the run lock.
+"""The work dir: every artifact path, stage state, opening, the run lock and its history.
 
 Layout (a stage is done when its final file exists; all writes are atomic)::
 
     WORKDIR/config.yaml            the resolved config, frozen by init
+    WORKDIR/.frozen.yaml           what init froze (a hand edit of config.yaml is compared to it)
     WORKDIR/versions.json          library versions at init
     WORKDIR/categories.json        categories in model-label order (label = index + 1)
+    WORKDIR/history.jsonl          forced changes of config or versions, one JSON line each
     WORKDIR/data/                  the generated demo dataset (synthetic configs only)
     WORKDIR/summary.csv            one row per evaluated cycle
+    WORKDIR/curve.png              al-det report
     WORKDIR/.lock                  held by the process driving the work dir
     WORKDIR/cycle_KKK/labeled.json, unlabeled.json
-                      train/last.pth (resumable), train/log.jsonl, model.pth (final)
+                      train/last.pth (resumable), train/log.jsonl, train/interrupted,
+                      model.pth (final)
                       detections.json, metrics.json          (evaluate)
-                      dump_shards/rank_R_of_W/, dump/         (infer)
-                      selection.json                          (acquire)
+                      dump_shards/chunk_NNNNN/, dump/         (infer)
+                      selection.json, to_label.json           (acquire)
+
+Reads ``config.yaml``, ``.frozen.yaml``, ``versions.json``, ``categories.json`` and the split
+files for the commands (one reader each); writes ``history.jsonl`` and, when a change is
+forced, the frozen config and versions.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
 import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-from al_det.errors import WorkdirError
+import orjson
+
+from al_det import atomic
+from al_det.coco import CategoryMap
+from al_det.config import ExperimentConfig, diff_configs, dump_config, load_config
+from al_det.errors import ConfigError, WorkdirError
+
+log = logging.getLogger(__name__)
 
 STAGES = ("train", "evaluate", "infer", "acquire")
+TRACKED_PACKAGES = ("al-det", "torch", "torchvision", "numpy", "pycocotools")
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,7 @@ class Cycle:
     train_dir = property(lambda self: self.root / "train")
     last_ckpt = property(lambda self: self.root / "train" / "last.pth")
     train_log = property(lambda self: self.root / "train" / "log.jsonl")
+    interrupted = property(lambda self: self.root / "train" / "interrupted")
     model = property(lambda self: self.root / "model.pth")
     detections = property(lambda self: self.root / "detections.json")
     metrics = property(lambda self: self.root / "metrics.json")
@@ -51,13 +75,9 @@ class Cycle:
     selection = property(lambda self: self.root / "selection.json")
     to_label = property(lambda self: self.root / "to_label.json")
 
-    def shard(self, rank: int, world: int) -> Path:
-        return self.shards / f"rank_{rank:03d}_of_{world:03d}"
-
-    def stage_done(self, stage: str) -> bool:
-        final = {"train": self.model, "evaluate": self.metrics, "infer": self.dump / "meta.json",
-                 "acquire": self.selection}
-        return final[stage].exists()
+    def chunk(self, c: int) -> Path:
+        """The folder of inference chunk ``c`` (a complete dump of its images once done)."""
+        return self.shards / f"chunk_{c:05d}"
 
 
 @dataclass(frozen=True)
@@ -65,10 +85,13 @@ class Workdir:
     root: Path
 
     config = property(lambda self: self.root / "config.yaml")
+    frozen = property(lambda self: self.root / ".frozen.yaml")
     versions = property(lambda self: self.root / "versions.json")
     categories = property(lambda self: self.root / "categories.json")
+    history = property(lambda self: self.root / "history.jsonl")
     data = property(lambda self: self.root / "data")
     summary = property(lambda self: self.root / "summary.csv")
+    curve = property(lambda self: self.root / "curve.png")
     lock_file = property(lambda self: self.root / ".lock")
 
     def cycle(self, k: int) -> Cycle:
@@ -100,7 +123,42 @@ class Workdir:
             raise WorkdirError(f"{cycle.root}: cycle {k} has no splits yet (acquire cycle {k - 1})")
         return cycle
 
+    def stage_done(self, k: int, stage: str, mode: str = "simulation") -> bool:
+        """Whether ``stage`` of cycle ``k`` has its final file. An acquisition ends with the
+        next cycle's splits (simulation) or with the images to label (labelling)."""
+        c = self.cycle(k)
+        final = {"train": c.model, "evaluate": c.metrics, "infer": c.dump / "meta.json",
+                 "acquire": c.to_label if mode == "labelling" else self.cycle(k + 1).unlabeled}
+        if stage not in final:
+            raise WorkdirError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        return final[stage].exists()
 
+    def read_categories(self) -> CategoryMap:
+        """``categories.json``: the model's labels, fixed at init."""
+        try:
+            return CategoryMap.from_json(json.loads(self.categories.read_text()),
+                                         str(self.categories))
+        except (OSError, ValueError) as exc:
+            raise WorkdirError(f"{self.categories}: missing or unreadable ({exc}); re-run "
+                               "`al-det init` in a new work dir") from exc
+
+
+def read_split(path: Path) -> dict:
+    """A split file (``labeled.json``, ``unlabeled.json``, ``to_label.json``) as a COCO dict."""
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise WorkdirError(f"{path}: missing; the cycle has no such split yet") from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise WorkdirError(f"{path}: corrupted or unreadable ({exc}); restore it from the "
+                           "previous cycle's acquisition (delete it and rerun `al-det acquire`)"
+                           ) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise WorkdirError(f"{path}: not a split file (a COCO object with 'images'); restore it")
+    return data
+
+
+# ---------------------------------------------------------------------------- the run lock
 class RunLock:
     """An exclusive, non-blocking lock on the work dir (released by the OS if we die).
 
@@ -133,3 +191,110 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+@contextmanager
+def locked_workdir(wd: Workdir) -> Iterator[None]:
+    """Hold the work dir's lock and clear leftovers of killed writes; if what runs inside fails
+    before ``config.yaml`` exists in a work dir this call created, remove that dir again, so a
+    failed init leaves nothing behind."""
+    fresh = not wd.root.exists()
+    try:
+        with RunLock(wd):
+            atomic.clean_tmp(wd.root)
+            yield
+    except BaseException:
+        if fresh and not wd.config.exists():
+            shutil.rmtree(wd.root, ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------- opening: the frozen config
+def library_versions() -> dict[str, str]:
+    """Installed versions, read from package metadata (no torch import)."""
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def load_frozen(wd: Workdir) -> ExperimentConfig:
+    if not wd.config.exists():
+        raise WorkdirError(f"{wd.root}: not an al-det work dir (no config.yaml): run `al-det init`")
+    return load_config(wd.config)
+
+
+def freeze(wd: Workdir, cfg: ExperimentConfig) -> None:
+    """Write ``cfg`` as the work dir's config (``.frozen.yaml`` first, ``config.yaml`` last:
+    init's final file)."""
+    text = dump_config(cfg)
+    atomic.write_text(wd.frozen, text)
+    atomic.write_text(wd.config, text)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What opening a work dir found changed since init: config keys and library versions."""
+
+    config: list[str]
+    versions: list[str]
+
+
+def find_changes(wd: Workdir, cfg: ExperimentConfig) -> Changes:
+    """How ``cfg`` differs from what init froze, and the library versions from those at init."""
+    # a work dir from before .frozen.yaml existed: compare with its config.yaml
+    config = diff_configs(load_config(wd.frozen if wd.frozen.exists() else wd.config), cfg)
+    frozen = json.loads(wd.versions.read_text()) if wd.versions.exists() else {}
+    versions = [f"{k}: {frozen.get(k)} -> {v}" for k, v in library_versions().items()
+                if frozen.get(k) != v]
+    return Changes(config, versions)
+
+
+def refuse_changes(wd: Workdir, changes: Changes) -> None:
+    """Unforced changes are refused, naming them; results would mix settings or versions."""
+    if changes.config:
+        raise ConfigError(
+            f"{wd.config}: the config differs from the one this work dir was initialised "
+            f"with ({'; '.join(changes.config)}); use a new work dir, or --force to adopt it")
+    if changes.versions:
+        raise WorkdirError(
+            f"{wd.versions}: library versions changed since init ({'; '.join(changes.versions)}"
+            "); results would mix versions: use the same environment, or --force to go on")
+
+
+def adopt_changes(wd: Workdir, cfg: ExperimentConfig, changes: Changes) -> None:
+    """Forced changes: recorded in history.jsonl, then frozen as the new truth. Only the
+    process holding the lock calls this (rank 0 under torchrun)."""
+    if changes.config:
+        record_forced(wd, "config", changes.config)
+        freeze(wd, cfg)
+    if changes.versions:
+        record_forced(wd, "versions", changes.versions)
+        atomic.write_json(wd.versions, library_versions(), indent=1)
+
+
+def open_workdir(workdir: Path, force: bool = False, *, record: bool = True,
+                 cfg: ExperimentConfig | None = None) -> tuple[Workdir, ExperimentConfig]:
+    """The work dir and its frozen config (or ``cfg``, a changed one). A hand-edited
+    config.yaml, a changed ``cfg`` or changed library versions are refused unless forced;
+    forced ones are recorded when ``record`` (the lock holder), so each change once."""
+    wd = Workdir(Path(workdir))
+    cfg = load_frozen(wd) if cfg is None else cfg
+    changes = find_changes(wd, cfg)
+    if not force:
+        refuse_changes(wd, changes)
+    elif record:
+        adopt_changes(wd, cfg, changes)
+    return wd, cfg
+
+
+def record_forced(wd: Workdir, what: str, changes: list[str]) -> None:
+    """Append a forced change to history.jsonl (rewritten atomically)."""
+    old = wd.history.read_text() if wd.history.exists() else ""
+    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "forced": what,
+                       "changes": changes})
+    atomic.write_text(wd.history, old + line + "\n")
+    log.warning("forced %s change: %s", what, "; ".join(changes))

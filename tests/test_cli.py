@@ -52,7 +52,7 @@ def test_help_and_file_mode_acquire_do_not_import_torch() -> None:
         "import sys\nfrom al_det.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "try:\n    main(['acquire', '--help'])\nexcept SystemExit:\n    pass\n"
-        "import al_det.acquire_cli, al_det.acquire, al_det.cycle\n"
+        "import al_det.acquire, al_det.stages, al_det.workdir\n"
         "print('torch' in sys.modules, 'torchvision' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -190,6 +190,6 @@ def test_changed_library_versions_refused_unless_forced(tmp_path: Path) -> None:
     assert refused.exit_code == 2
     assert "versions.json" in refused.output and "torch: 1.0.0 -> " in refused.output
     forced = CliRunner().invoke(main, ["acquire", "-w", str(wd), "--force"])
-    assert "dump folder not found" in forced.output  # past the check, stopped by the dump
+    assert "cycle_000/dump: not found" in forced.output  # past the check, stopped by the dump
     history = [json.loads(line) for line in (wd / "history.jsonl").read_text().splitlines()]
     assert history[0]["forced"] == "versions" and "torch: 1.0.0" in history[0]["changes"][0]

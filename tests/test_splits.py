@@ -182,7 +182,7 @@ def test_check_splits_violations():
     with pytest.raises(SplitError, match=r"\[104\] have annotations in the unlabeled split"):
         check_splits(pool, labeled, leak)
     dup = dict(labeled, images=labeled["images"] * 2)
-    with pytest.raises(SplitError, match=r"labeled split: image ids \[100, 101\] appear more"):
+    with pytest.raises(SplitError, match=r"splits: labeled image ids \[100, 101\] appear more"):
         check_splits(pool, dup, unlabeled)
 
 

@@ -15,7 +15,8 @@ from al_det.dump import read_dump, write_dump
 from al_det.errors import AcquireError, CocoError, DumpError
 from al_det.strategies import groups as groups_mod
 from al_det.strategies import summary as summary_mod
-from al_det.strategies.base import minority_quotas
+from al_det.strategies.base import Pool, minority_quotas
+from al_det.strategies.enms import Enms
 from al_det.strategies.summary import summarize
 
 
@@ -101,7 +102,8 @@ def test_enms_ties_pick_lower_row(tmp_path, rows, expected):
 def test_prototype_weighs_all_detections_by_entropy(tmp_path):
     img = [(1, 0.5, [1, 0]), (1, 0.1, [1, 0.2]), (2, 0.3, [0, 3])]
     d = build(tmp_path, [img])
-    s = summarize(d, np.array([0]), 0.5, want_protos=True)  # ENMS drops row 1, not from Eq. 3
+    pool = Pool(d, np.array([0]), labeled(), 1)
+    s = summarize(pool, Enms(t_enms=0.5), want_protos=True)  # ENMS drops row 1, not from Eq. 3
     p = (H(0.5) * np.array([1, 0]) + H(0.1) * np.array([1, 0.2])) / (H(0.5) + H(0.1))
     assert s.grp_cls.tolist() == [1, 2] and s.grp_pres.tolist() == pytest.approx([0.5, 0.3])
     got = s.protos.of([0])
@@ -236,8 +238,8 @@ def test_coreset_farthest_first_from_labeled_centres(tmp_path):
     (0, "entropy", {}, "positive integer"),
     (1, "enmss", {}, "did you mean 'enms'"),
     (1, "entropy", {"t_intar": 0.5}, "did you mean 't_intra'"),
-    (1, "divproto", {"t_intra": 1.5}, "t_intra: must lie in"),
-    (1, "divproto", {"alpha": 0}, "alpha: must lie in"),
+    (1, "divproto", {"t_intra": 1.5}, "t_intra=1.5 must lie in"),
+    (1, "divproto", {"alpha": 0}, "alpha=0 must lie in"),
     (1, "divproto", {"intra_missing": "drop"}, "intra_missing"),
     (1, "divproto", {"inter": "yes"}, "true or false"),
     (1, "coreset", {}, "needs image_features"),

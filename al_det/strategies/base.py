@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,6 +33,25 @@ class Pool:
     labeled: Mapping[str, Any]
     budget: int
     ahead: Any = None  # al_det.strategies.summary.PassAhead: the streaming pass, started early
+
+
+class Strategy:
+    """What every strategy is: a frozen dataclass (its fields are its parameters, checked in
+    ``__post_init__``) with ``select``, and what it reads from the dump, so that the caller can
+    check and stream the dump without knowing the strategy by name."""
+
+    # optional dump arrays it needs beyond offsets, boxes, scores and labels
+    reads: ClassVar[tuple[str, ...]] = ()
+    # it reads features.npy in the streaming pass, which checks the rows as it goes; the
+    # others never read features, so the caller checks them (the dump must still be sound)
+    streams_features: ClassVar[bool] = False
+
+    def stream_t_enms(self) -> float | None:
+        """The ENMS threshold of its streaming pass (None: no ENMS in the pass)."""
+        return None
+
+    def select(self, pool: Pool) -> Picked:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -75,7 +94,7 @@ def check_unit(name: str, value: Any, low_open: bool = False) -> float:
     v = float(value)
     if not (0.0 < v <= 1.0 if low_open else 0.0 <= v <= 1.0):
         rng = "(0, 1]" if low_open else "[0, 1]"
-        raise AcquireError(f"acquire.{name}: must lie in {rng}, got {value!r}")
+        raise AcquireError(f"acquire.{name}={value!r} must lie in {rng}")
     return v
 
 

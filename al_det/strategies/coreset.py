@@ -17,14 +17,16 @@ import numpy as np
 
 from ..errors import AcquireError
 from ..kernels import kcenter_step
-from .base import Picked, Pool
+from .base import Picked, Pool, Strategy
 
 BLOCK = 2048  # candidates (and centres) per block of initial distances: 32 MiB of float64
 
 
 @dataclass(frozen=True)
-class Coreset:
+class Coreset(Strategy):
     """k-center greedy; no parameters (it is deterministic)."""
+
+    reads = ("image_features",)
 
     def select(self, pool: Pool) -> Picked:
         dump = pool.dump

@@ -18,7 +18,16 @@ import numpy as np
 
 from ..errors import AcquireError
 from . import ties
-from .base import SIM_BAND, Picked, Pool, check_bool, check_unit, minority_quotas, stable_order
+from .base import (
+    SIM_BAND,
+    Picked,
+    Pool,
+    Strategy,
+    check_bool,
+    check_unit,
+    minority_quotas,
+    stable_order,
+)
 from .blas import blas_threads
 from .summary import Summary, summarize
 
@@ -26,8 +35,10 @@ BLOCK = 512
 
 
 @dataclass(frozen=True)
-class DivProto:
+class DivProto(Strategy):
     """DivProto over the basic-entropy ranking (the paper's ablation without ENMS)."""
+
+    streams_features = True
 
     t_intra: float = 0.7
     t_inter: float = 0.3
@@ -49,7 +60,7 @@ class DivProto:
 
     def select(self, pool: Pool) -> Picked:
         minority = self.minority(pool)  # first: the streaming pass may still be running
-        s = summarize(pool.dump, pool.cand_rows, None, self.intra, pool.ahead)
+        s = summarize(pool, self, want_protos=self.intra)
         return divproto_walk(s, s.basic, pool, self, minority)
 
     def minority(self, pool: Pool) -> dict:

@@ -22,7 +22,10 @@ class EnmsDivProto(DivProto):
         super().__post_init__()
         check_unit("t_enms", self.t_enms)
 
+    def stream_t_enms(self) -> float:
+        return float(self.t_enms)
+
     def select(self, pool: Pool) -> Picked:
         minority = self.minority(pool)  # first: the streaming pass may still be running
-        s = summarize(pool.dump, pool.cand_rows, float(self.t_enms), self.intra, pool.ahead)
+        s = summarize(pool, self, want_protos=self.intra)
         return divproto_walk(s, s.enms, pool, self, minority)

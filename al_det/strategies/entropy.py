@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Picked, Pool, instance_entropy, stable_order
+from .base import Picked, Pool, Strategy, instance_entropy, stable_order
 
 
 @dataclass(frozen=True)
-class Entropy:
+class Entropy(Strategy):
     """Rank by the sum of instance entropies; no parameters."""
 
     def select(self, pool: Pool) -> Picked:

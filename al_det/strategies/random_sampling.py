@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import AcquireError
-from .base import Picked, Pool
+from .base import Picked, Pool, Strategy
 
 
 @dataclass(frozen=True)
-class Random:
+class Random(Strategy):
     """``numpy.random.default_rng(seed).choice``: the same seed selects the same images."""
 
     seed: int = 0

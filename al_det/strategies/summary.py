@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import kernels
 from ..dump import Dump, NpyRows, check_finite_features, feature_too_large, peek_offsets
-from .base import instance_entropy
+from .base import Pool, Strategy, instance_entropy
 from .groups import enms_mask, group_order
 from .protos import LazyProtos
 
@@ -56,16 +56,18 @@ class Summary:
                        self.grp_cls[g], self.grp_pres[g], protos)
 
 
-def summarize(dump: Dump, cand_rows: np.ndarray, t_enms: float | None, want_protos: bool,
-              ahead: PassAhead | None = None) -> Summary:
-    """The candidates' summaries; ENMS only when ``t_enms`` is given. Taken from ``ahead``
-    when it streams this dump with this ``t_enms``, else streamed now. Prototypes, when asked,
-    are computed later and only for the candidates the DivProto walk looks at
-    (``LazyProtos``): it visits a few percent of the pool, so this pass needs none."""
-    whole = ahead.result(dump, t_enms) if ahead is not None else None
+def summarize(pool: Pool, strategy: Strategy, want_protos: bool) -> Summary:
+    """The candidates' summaries, ENMS with ``strategy``'s threshold if it has one. Taken from
+    the pool's pass ahead (which :func:`pass_ahead` started for this strategy) when that
+    streams this dump, else streamed now. Prototypes, when asked, are computed later and only
+    for the candidates the DivProto walk looks at (``LazyProtos``): it visits a few percent of
+    the pool, so this pass needs none."""
+    dump, ahead = pool.dump, pool.ahead
+    whole = ahead.result(dump) if ahead is not None else None
     if whole is None:
-        whole = stream_summary(dump.path, dump.offsets, t_enms)
-    return whole.restrict(cand_rows, LazyProtos(dump, cand_rows) if want_protos else None)
+        whole = stream_summary(dump.path, dump.offsets, strategy.stream_t_enms())
+    rows = pool.cand_rows
+    return whole.restrict(rows, LazyProtos(dump, rows) if want_protos else None)
 
 
 def stream_summary(path: Path, offsets: np.ndarray, t_enms: float | None,
@@ -108,11 +110,10 @@ class PassAhead:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             self._err = exc
 
-    def result(self, dump: Dump, t_enms: float | None) -> Summary | None:
-        """The summary, if this pass streamed ``dump`` (same folder and offsets) with
-        ``t_enms``; None otherwise. Raises what the pass raised."""
-        if (Path(dump.path) != self.path or t_enms != self.t_enms
-                or not np.array_equal(dump.offsets, self.offsets)):
+    def result(self, dump: Dump) -> Summary | None:
+        """The summary, if this pass streamed ``dump`` (same folder and offsets); None
+        otherwise. Raises what the pass raised."""
+        if Path(dump.path) != self.path or not np.array_equal(dump.offsets, self.offsets):
             return None
         self._thread.join()
         if self._err is not None:
@@ -125,17 +126,18 @@ class PassAhead:
 
 
 @contextmanager
-def pass_ahead(path: Path, t_enms: float | None) -> Iterator[PassAhead | None]:
-    """Start the streaming pass of the dump folder ``path`` now (None if its offsets.npy does
-    not load: the caller's read of the dump will name the problem); stopped on exit. The
-    kernels are loaded first, in this thread: that holds the GIL, and so does the JSON parsing
-    the pass is meant to overlap."""
-    offsets = peek_offsets(Path(path))
+def pass_ahead(path: Path, strategy: Strategy) -> Iterator[PassAhead | None]:
+    """Start ``strategy``'s streaming pass of the dump folder ``path`` now, so that it overlaps
+    the reading of the JSON files that comes before selection (None if the strategy streams
+    nothing, or if offsets.npy does not load: the caller's read of the dump will name the
+    problem); stopped on exit. The kernels are loaded first, in this thread: that holds the
+    GIL, and so does the JSON parsing the pass is meant to overlap."""
+    offsets = peek_offsets(Path(path)) if strategy.streams_features else None
     if offsets is None:
         yield None
         return
     kernels.warm_up()
-    ahead = PassAhead(Path(path), offsets, t_enms)
+    ahead = PassAhead(Path(path), offsets, strategy.stream_t_enms())
     try:
         yield ahead
     finally:
