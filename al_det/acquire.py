@@ -252,9 +252,6 @@ def acquire_workdir(workdir: Path, cycle: int | None, overrides: Sequence[str],
     """`al-det acquire -w`: the cycle's acquisition with the frozen config. Command-line
     changes to it (``--set``, ``--strategy``, ...) are changes of the experiment: refused
     unless ``force``, then recorded in history.jsonl and frozen, like any other."""
-    from .stages import setup_logging
-
-    setup_logging()
     wd = Workdir(Path(workdir))
     cfg = _changed_config(load_frozen(wd), overrides)
     with locked_workdir(wd):

@@ -8,6 +8,7 @@ stderr and exit status 2; SIGTERM during training exits 143 after a checkpoint i
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,8 @@ def main() -> None:
 
     One cycle: train -> evaluate -> infer -> acquire. `al-det run` does all cycles.
     """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s al-det %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
 
 
 @main.command()

@@ -1,6 +1,6 @@
 """Datasets and loaders over COCO split dicts: training batches and exact inference shards.
 
-Reads the image files a COCO dict names (through :func:`al_det.coco.load_image`, whose errors
+Reads the image files a COCO dict names (through :func:`al_det.images.load_image`, whose errors
 name the file and image id); writes nothing. Images come out as float ``[3, H, W]`` tensors in
 ``[0, 1]``, targets as ``{"boxes": float32 [N, 4] xyxy, "labels": int64 [N] (model labels
 1..K), "image_id": int}``; ``iscrowd`` annotations are kept for evaluation but never trained on.
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from al_det.coco import CategoryMap, load_image
+from al_det.coco import CategoryMap
 from al_det.dist import shard_indices
+from al_det.images import load_image
 
 
 def flip_decision(seed: int, epoch: int, index: int, prob: float) -> bool:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from al_det import atomic, coco, splits
+from al_det import atomic, coco, images, splits
 from al_det.config import ExperimentConfig, load_config
 from al_det.errors import AlDetError, ConfigError
 from al_det.workdir import (
@@ -115,9 +115,9 @@ def _load_inputs(cfg: ExperimentConfig) -> tuple[dict, dict | None, list[int] | 
         test = coco.load_coco(Path(d.test))
         cmap.match(test["categories"], d.test)
     if d.check_images:
-        coco.check_images(pool, Path(d.pool_images), d.pool)
+        images.check_images(pool, Path(d.pool_images), d.pool)
         if test is not None:
-            coco.check_images(test, Path(d.test_images), d.test)
+            images.check_images(test, Path(d.test_images), d.test)
     labeled_ids = None
     if labelling:
         pool, labeled_ids = _merge_user_labels(pool, cmap, Path(d.labeled))

@@ -22,10 +22,9 @@ def run_experiment(config_path: Path, workdir: Path, overrides: Sequence[str] = 
     evaluates only. Labelling mode stops after an acquisition, for the labels to come."""
     from al_det import dist
     from al_det.init import run_init
-    from al_det.stages import setup_logging, stage_function
+    from al_det.stages import stage_function
     from al_det.workdir import locked_workdir, open_workdir
 
-    setup_logging()
     with locked_workdir(Workdir(Path(workdir))):
         run_init(config_path, workdir, overrides, force=force)
         wd, cfg = open_workdir(workdir, force)

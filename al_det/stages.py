@@ -10,7 +10,6 @@ one failing rank does not leave the others hanging.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,7 +40,6 @@ def run_stage(stage: str, workdir: Path, cycle: int | None, force: bool = False)
     from al_det import dist
 
     run = stage_function(stage)
-    setup_logging()
     wd, cfg = open_workdir(workdir, force, record=False)  # rank 0 records, under the lock
     k = wd.resolve_cycle(cycle).index
     dist.init_distributed(cfg.device)
@@ -56,7 +54,3 @@ def run_stage(stage: str, workdir: Path, cycle: int | None, force: bool = False)
     finally:
         dist.cleanup()
 
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s al-det %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")

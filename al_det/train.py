@@ -316,7 +316,7 @@ def _should_stop(stop: threading.Event, run: _Run) -> bool:
 def _interrupt(run: _Run) -> None:
     save_checkpoint(run)
     if run.info.is_main:
-        write_json(run.cycle.train_dir / "interrupted",
+        write_json(run.cycle.interrupted,
                    {"iteration": run.iteration, "total": run.total, "time": time.time()})
     dist.barrier()
     raise TrainingInterrupted(
@@ -426,7 +426,7 @@ def _resume(run: _Run) -> None:
     if run.info.is_main:
         _trim_log(run.cycle.train_log, run.iteration)
         append_log(run.cycle.train_log, {"event": "resumed", "iter": run.iteration})
-        (run.cycle.train_dir / "interrupted").unlink(missing_ok=True)
+        run.cycle.interrupted.unlink(missing_ok=True)
         log.info("resuming cycle %d from %s at iteration %d of %d", run.k, path, run.iteration,
                  run.total)
 
@@ -443,7 +443,7 @@ def _save_final(run: _Run) -> Path:
         with atomic_open(run.cycle.model, "wb") as fh:
             torch.save(payload, fh)
         run.cycle.last_ckpt.unlink(missing_ok=True)
-        (run.cycle.train_dir / "interrupted").unlink(missing_ok=True)
+        run.cycle.interrupted.unlink(missing_ok=True)
         log.info("cycle %d trained: %s", run.k, run.cycle.model)
     dist.barrier()
     return run.cycle.model

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from al_det.coco import CategoryMap, CocoWarning, check_images, load_coco, load_image, subset
+from al_det.coco import CategoryMap, CocoWarning, load_coco, subset
 from al_det.errors import CocoError
+from al_det.images import check_images, load_image
 
 # Non-contiguous category ids, on purpose.
 CATS = [{"id": 7, "name": "square"}, {"id": 3, "name": "circle"}, {"id": 42, "name": "cross"}]
