@@ -34,7 +34,7 @@ import orjson
 
 from . import coco, splits
 from .atomic import write_json
-from .config import ExperimentConfig, apply_overrides, from_dict, strategy_params, to_dict
+from .config import ExperimentConfig, apply_overrides, override, strategy_params
 from .dump import Dump, read_dump
 from .errors import AcquireError, CocoError, ConfigError, SplitError, WorkdirError
 from .strategies import STRATEGIES, Strategy, make_strategy
@@ -253,19 +253,11 @@ def acquire_workdir(workdir: Path, cycle: int | None, overrides: Sequence[str],
     changes to it (``--set``, ``--strategy``, ...) are changes of the experiment: refused
     unless ``force``, then recorded in history.jsonl and frozen, like any other."""
     wd = Workdir(Path(workdir))
-    cfg = _changed_config(load_frozen(wd), overrides)
+    cfg = override(load_frozen(wd), overrides)
     with locked_workdir(wd):
         wd, cfg = open_workdir(workdir, force, cfg=cfg)
         k = _acquire_cycle(wd, cycle, cfg)
         return run_acquire(wd, k, cfg)
-
-
-def _changed_config(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
-    if not overrides:
-        return cfg
-    raw = to_dict(cfg)
-    apply_overrides(raw, overrides)
-    return from_dict(ExperimentConfig, raw, "the command line")
 
 
 def _acquire_cycle(wd: Workdir, cycle: int | None, cfg: ExperimentConfig) -> int:

@@ -202,14 +202,19 @@ def label(workdir: Path, cycle: int | None, annotations: Path, force: bool) -> N
 
 
 @main.command()
-@click.option("-c", "--config", "config_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="Experiment YAML file.")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Experiment YAML file (default: the work dir's frozen config).")
 @workdir_opt
 @set_opt
 @force_opt
 @_friendly
-def run(config_path: Path, workdir: Path, overrides: tuple[str, ...], force: bool) -> None:
-    """All cycles: init if needed, then train, evaluate, infer, acquire per cycle (resumable)."""
+def run(config_path: Path | None, workdir: Path, overrides: tuple[str, ...], force: bool) -> None:
+    """All cycles: init if needed, then train, evaluate, infer, acquire per cycle (resumable).
+
+    \b
+    New experiment:  al-det run -c configs/demo.yaml -w runs/demo
+    Resume / extend: al-det run -w runs/demo [--set cycles=6]
+    """
     from al_det.run import run_experiment
 
     run_experiment(config_path, workdir, overrides, force=force)

@@ -9,6 +9,7 @@ all before any model work.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -170,9 +171,26 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Exper
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a YAML mapping of sections")
-    apply_overrides(raw, overrides)
-    cfg = from_dict(ExperimentConfig, raw, source=str(path))
+    if not overrides:
+        return resolve_paths(from_dict(ExperimentConfig, raw, source=str(path)), path.parent)
+    changed = copy.deepcopy(raw)
+    apply_overrides(changed, overrides)
+    try:
+        cfg = from_dict(ExperimentConfig, changed, source="--set")
+    except ConfigError:
+        # blame the file if it is wrong on its own, else the command line
+        from_dict(ExperimentConfig, raw, source=str(path))
+        raise
     return resolve_paths(cfg, path.parent)
+
+
+def override(cfg: ExperimentConfig, overrides: typing.Sequence[str]) -> ExperimentConfig:
+    """``cfg`` (a work dir's frozen config) with ``--set`` overrides applied and validated."""
+    if not overrides:
+        return cfg
+    raw = to_dict(cfg)
+    apply_overrides(raw, overrides)
+    return from_dict(ExperimentConfig, raw, "--set")
 
 
 def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> None:
@@ -198,12 +216,25 @@ def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key {prefix}{key}{_did_you_mean(key, fields)}")
+            hint = _other_section(prefix, key) or _did_you_mean(key, fields)
+            raise ConfigError(f"{source}: unknown key {prefix}{key}{hint}")
     values = {k: _convert(hints[k], v, source, prefix + k) for k, v in raw.items()}
     cfg = cls(**values)
     if cls is ExperimentConfig:
         validate(cfg, source)
     return cfg
+
+
+def _other_section(prefix: str, key: str) -> str:
+    """Where a key misplaced in another section (or at the top) belongs: "(did you mean
+    train.lr?)", or "" when no section has it."""
+    homes = [name for name, tp in typing.get_type_hints(ExperimentConfig).items()
+             if dataclasses.is_dataclass(tp) and key in {f.name for f in dataclasses.fields(tp)}]
+    homes = [h for h in homes if f"{h}." != prefix]
+    if key in {f.name for f in dataclasses.fields(ExperimentConfig)} and prefix:
+        return f" (did you mean top-level {key}? it belongs outside {prefix.rstrip('.')})"
+    return f" (did you mean {homes[0]}.{key}? it belongs in the {homes[0]} section)" \
+        if homes else ""
 
 
 def _did_you_mean(key: str, options: typing.Iterable[str]) -> str:

@@ -16,18 +16,25 @@ from al_det.workdir import STAGES, Workdir, load_frozen, read_split
 log = logging.getLogger(__name__)
 
 
-def run_experiment(config_path: Path, workdir: Path, overrides: Sequence[str] = (),
+def run_experiment(config_path: Path | None, workdir: Path, overrides: Sequence[str] = (),
                    force: bool = False) -> None:
     """Init if needed, then train, evaluate, infer, acquire per cycle; the last trains and
-    evaluates only. Labelling mode stops after an acquisition, for the labels to come."""
+    evaluates only. Labelling mode stops after an acquisition, for the labels to come.
+    Without ``config_path`` the work dir's frozen config is the truth (``overrides`` change
+    it: refused unless forced, more cycles excepted)."""
     from al_det import dist
+    from al_det.config import override
     from al_det.init import run_init
     from al_det.stages import stage_function
     from al_det.workdir import locked_workdir, open_workdir
 
-    with locked_workdir(Workdir(Path(workdir))):
-        run_init(config_path, workdir, overrides, force=force)
-        wd, cfg = open_workdir(workdir, force)
+    wd = Workdir(Path(workdir))
+    with locked_workdir(wd):
+        if config_path is not None:
+            run_init(config_path, workdir, overrides, force=force)
+            wd, cfg = open_workdir(workdir, force)
+        else:
+            wd, cfg = open_workdir(workdir, force, cfg=override(load_frozen(wd), overrides))
         dist.init_distributed(cfg.device)
         try:
             for k in range(cfg.cycles):

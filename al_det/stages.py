@@ -46,8 +46,7 @@ def run_stage(stage: str, workdir: Path, cycle: int | None, force: bool = False)
     try:
         with RunLock(wd) if dist.is_main() else nullcontext():
             if dist.is_main():
-                if force:
-                    adopt_changes(wd, cfg, find_changes(wd, cfg))
+                adopt_changes(wd, cfg, find_changes(wd, cfg))  # what open_workdir let pass
                 clean_tmp(wd.cycle(k).root)
             dist.barrier()
             run(wd, k, cfg)

@@ -237,20 +237,24 @@ def freeze(wd: Workdir, cfg: ExperimentConfig) -> None:
 
 @dataclass(frozen=True)
 class Changes:
-    """What opening a work dir found changed since init: config keys and library versions."""
+    """What opening a work dir found changed since init: config keys and library versions,
+    and ``extended``: more cycles, which changes no finished result (allowed, recorded)."""
 
     config: list[str]
     versions: list[str]
+    extended: list[str]
 
 
 def find_changes(wd: Workdir, cfg: ExperimentConfig) -> Changes:
     """How ``cfg`` differs from what init froze, and the library versions from those at init."""
     # a work dir from before .frozen.yaml existed: compare with its config.yaml
-    config = diff_configs(load_config(wd.frozen if wd.frozen.exists() else wd.config), cfg)
+    frozen_cfg = load_config(wd.frozen if wd.frozen.exists() else wd.config)
+    config = diff_configs(frozen_cfg, cfg)
+    extended = [c for c in config if c.startswith("cycles:") and cfg.cycles > frozen_cfg.cycles]
     frozen = json.loads(wd.versions.read_text()) if wd.versions.exists() else {}
     versions = [f"{k}: {frozen.get(k)} -> {v}" for k, v in library_versions().items()
                 if frozen.get(k) != v]
-    return Changes(config, versions)
+    return Changes([c for c in config if c not in extended], versions, extended)
 
 
 def refuse_changes(wd: Workdir, changes: Changes) -> None:
@@ -266,10 +270,13 @@ def refuse_changes(wd: Workdir, changes: Changes) -> None:
 
 
 def adopt_changes(wd: Workdir, cfg: ExperimentConfig, changes: Changes) -> None:
-    """Forced changes: recorded in history.jsonl, then frozen as the new truth. Only the
-    process holding the lock calls this (rank 0 under torchrun)."""
+    """Forced changes (and more cycles): recorded in history.jsonl, then frozen as the new
+    truth. Only the process holding the lock calls this (rank 0 under torchrun)."""
+    if changes.extended:
+        record_forced(wd, "extended", changes.extended)
     if changes.config:
         record_forced(wd, "config", changes.config)
+    if changes.config or changes.extended:
         freeze(wd, cfg)
     if changes.versions:
         record_forced(wd, "versions", changes.versions)
@@ -286,13 +293,14 @@ def open_workdir(workdir: Path, force: bool = False, *, record: bool = True,
     changes = find_changes(wd, cfg)
     if not force:
         refuse_changes(wd, changes)
-    elif record:
+    if record:
         adopt_changes(wd, cfg, changes)
     return wd, cfg
 
 
 def record_forced(wd: Workdir, what: str, changes: list[str]) -> None:
-    """Append a forced change to history.jsonl (rewritten atomically)."""
+    """Append a forced change (``what``: config, versions, extended) to history.jsonl
+    (rewritten atomically)."""
     old = wd.history.read_text() if wd.history.exists() else ""
     line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "forced": what,
                        "changes": changes})

@@ -47,6 +47,11 @@ def test_scientific_notation_string_becomes_float(tmp_path: Path) -> None:
         ("acquire:\n  budget: 2.5\n", "give a count (integer) or a fraction < 1"),
         ("acquire:\n  strategy: enms_divprot\n", "did you mean 'enms_divproto'"),
         ("train:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr' at line 6"),
+        # a key in the wrong section is sent where it belongs, across sections
+        ("acquire:\n  lr: 0.01\n", "unknown key acquire.lr (did you mean train.lr? it "
+         "belongs in the train section)"),
+        ("train:\n  budget: 3\n", "did you mean acquire.budget?"),
+        ("model:\n  seed: 3\n", "did you mean top-level seed? it belongs outside model"),
     ],
 )
 def test_rejected(tmp_path: Path, text: str, message: str) -> None:
@@ -71,6 +76,18 @@ def test_overrides_parsed_as_yaml(tmp_path: Path) -> None:
         load_config(write(tmp_path, BASE), ["train.lr"])
     with pytest.raises(ConfigError, match="unknown key train.lrr"):
         load_config(write(tmp_path, BASE), ["train.lrr=1"])
+
+
+def test_set_errors_blame_the_command_line_and_file_errors_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["acquire.t_enms=3"])
+    assert str(err.value) == "--set: acquire.t_enms=3.0 must lie in [0, 1]"
+    bad = write(tmp_path, BASE + "train:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml: train\.lr=-1\.0 must be > 0"):
+        load_config(bad, ["acquire.t_enms=0.3"])
+    # what the file lacks, the command line may give
+    assert load_config(write(tmp_path, "seed: 1\n"), ["data.pool=p.json"]).data.pool
 
 
 def test_dump_round_trip_and_diff(tmp_path: Path) -> None:
