@@ -57,15 +57,26 @@ class Selection:
     image_ids: tuple
     keys: tuple
     reasons: tuple
+    note: str = ""
 
     def to_json(self) -> dict:
         return {
             "strategy": self.strategy,
             "params": dict(self.params),
             "seed": self.seed,
+            "note": self.note,
             "images": [{"id": i, "key": k, "reason": r}
                        for i, k, r in zip(self.image_ids, self.keys, self.reasons, strict=True)],
         }
+
+    def describe(self) -> str:
+        """One line: how many, by which strategy, and (DivProto) main pass vs fill-up."""
+        n_main = self.reasons.count("main")
+        line = f"selected {len(self.image_ids)} images with {self.strategy}"
+        if n_main == len(self.reasons):
+            return line + (f" ({self.note})" if self.note else "")
+        return (f"{line}: {n_main} by the DivProto main pass, {len(self.reasons) - n_main} by "
+                f"the fill-up ({self.note})")
 
 
 # ------------------------------------------------------------------------------ the library
@@ -94,7 +105,7 @@ def select_images(dump: Dump, labeled: Mapping[str, Any], budget: int,
     name = next(k for k, v in STRATEGIES.items() if type(strategy) is v)
     return Selection(name, resolved, resolved.get("seed"),
                      tuple(ids[cand_rows[i]] for i in picked.order),
-                     tuple(picked.keys), tuple(picked.reasons))
+                     tuple(picked.keys), tuple(picked.reasons), picked.note)
 
 
 def _check_categories(dump: Dump, labeled: Mapping[str, Any]) -> None:

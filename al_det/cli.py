@@ -72,11 +72,12 @@ def main() -> None:
 @_friendly
 def init(config_path: Path, workdir: Path, overrides: tuple[str, ...], force: bool) -> None:
     """Validate the data and config, freeze them, and write cycle 0's splits."""
-    from al_det.init import run_init
+    from al_det.init import describe, run_init
     from al_det.workdir import Workdir, locked_workdir
 
     with locked_workdir(Workdir(workdir)):
         run_init(config_path, workdir, overrides, force=force)
+    click.echo(describe(Workdir(workdir)))
 
 
 def _stage_command(stage: str, summary: str) -> None:
@@ -170,8 +171,7 @@ def acquire(workdir: Path | None, cycle: int | None, dets: Path | None, labeled:
         changes = {**switches, "acquire.strategy": strategy, "seed": seed}
         sets = [*overrides, *(f"{k}={v}" for k, v in changes.items() if v is not None)]
         sel = acquire_workdir(workdir, cycle, sets, force)
-        if sel is not None:
-            click.echo(f"selected {len(sel.image_ids)} images with {sel.strategy}")
+        click.echo(sel.describe() if sel is not None else "acquisition already done")
         return
     missing = [k for k in (*file_args, "strategy") if k not in given and
                not (k == "strategy" and strategy)]
@@ -184,7 +184,7 @@ def acquire(workdir: Path | None, cycle: int | None, dets: Path | None, labeled:
     if seed is not None:
         params["seed"] = seed
     sel = run_acquire_standalone(dets, labeled, budget, strategy, output, params)
-    click.echo(f"selected {len(sel.image_ids)} images with {sel.strategy} -> {output}")
+    click.echo(f"{sel.describe()} -> {output}")
 
 
 @main.command()

@@ -73,6 +73,16 @@ def _reinit(wd: Workdir, cfg: ExperimentConfig, force: bool) -> ExperimentConfig
     return cfg
 
 
+def describe(wd: Workdir) -> str:
+    """One line on what init made: the splits of cycle 0 and the categories."""
+    from al_det.workdir import read_split
+
+    c = wd.cycle(0)
+    n_lab, n_unl = (len(read_split(p)["images"]) for p in (c.labeled, c.unlabeled))
+    return (f"initialised {wd.root}: {n_lab} labeled / {n_unl} unlabeled images, "
+            f"{wd.read_categories().num_classes} categories")
+
+
 def check_budget(cfg: ExperimentConfig, pool_size: int, labeled: int) -> None:
     """Refuse, before any model work, a budget that the pool cannot meet at some cycle."""
     if cfg.cycles < 2:

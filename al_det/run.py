@@ -36,16 +36,21 @@ def run_experiment(config_path: Path | None, workdir: Path, overrides: Sequence[
         else:
             wd, cfg = open_workdir(workdir, force, cfg=override(load_frozen(wd), overrides))
         dist.init_distributed(cfg.device)
+        skipped: dict[int, list[str]] = {}
         try:
             for k in range(cfg.cycles):
                 if not wd.cycle(k).unlabeled.exists():
-                    log.info("cycle %d: waiting for labels: run `al-det label`", k)
-                    return
+                    break  # labelling mode: the labels of cycle k - 1's selection are due
                 for stage in _stages(cfg, last=k == cfg.cycles - 1):
-                    if not wd.stage_done(k, stage, cfg.mode):
+                    if wd.stage_done(k, stage, cfg.mode):
+                        skipped.setdefault(k, []).append(stage)
+                    else:
                         stage_function(stage)(wd, k, cfg)
         finally:
             dist.cleanup()
+    if skipped:
+        print("skipped as done: " + "; ".join(f"cycle {k} {', '.join(s)}"
+                                              for k, s in skipped.items()))
     print(status_table(workdir))
 
 
@@ -73,4 +78,20 @@ def status_table(workdir: Path) -> str:
         n = len(read_split(wd.cycle(k).labeled)["images"])
         ap = f"{float(aps[k]):>10.4f}" if aps.get(k) not in (None, "") else f"{'-':>10}"
         lines.append(f"{k:>5}  {n:>8}  " + "  ".join(f"{d:>8}" for d in done) + ap)
-    return "\n".join(lines)
+    return "\n".join([*lines, next_step(wd)])
+
+
+def next_step(wd: Workdir) -> str:
+    """What comes next in the work dir, as the command to run."""
+    cfg = load_frozen(wd)
+    k = wd.cycles()[-1]
+    for stage in _stages(cfg, last=k == cfg.cycles - 1):
+        if not wd.stage_done(k, stage, cfg.mode):
+            return f"next: cycle {k} {stage}: al-det {stage} -w {wd.root} (or al-det run -w " \
+                   f"{wd.root})"
+    if k < cfg.cycles - 1 and cfg.mode == "labelling":
+        n = len(read_split(wd.cycle(k).to_label)["images"])
+        return (f"next: cycle {k + 1}: waiting for labels: {n} images in "
+                f"{wd.cycle(k).to_label} -> al-det label -w {wd.root} --annotations EXPORT.json")
+    return f"next: nothing: all {cfg.cycles} cycles are done (more: al-det run -w {wd.root} " \
+           f"--set cycles={cfg.cycles + 1})"

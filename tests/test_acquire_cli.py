@@ -71,3 +71,15 @@ def test_file_mode_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and result.output.count("\n") == 1, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "labeled.json"]
+
+
+def test_output_under_a_regular_file_is_one_line(tmp_path: Path) -> None:
+    dets, labeled = make_inputs(tmp_path)
+    (tmp_path / "X").write_text("not a folder")
+    out = tmp_path / "X" / "next.json"
+    result = CliRunner().invoke(main, ["acquire", "--dets", str(dets), "--labeled", str(labeled),
+                                       "--budget", "1", "--strategy", "entropy",
+                                       "--output", str(out)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"{tmp_path / 'X'} is a file, not a folder" in result.output
+    assert (tmp_path / "X").read_text() == "not a folder"

@@ -56,11 +56,13 @@ class Strategy:
 
 @dataclass(frozen=True)
 class Picked:
-    """A strategy's answer: candidate indices in selection order, with key and reason each."""
+    """A strategy's answer: candidate indices in selection order, with key and reason each,
+    and a note on how it went (DivProto: why its main pass stopped)."""
 
     order: np.ndarray
     keys: list
     reasons: list
+    note: str = ""
 
 
 def instance_entropy(scores: np.ndarray) -> np.ndarray:

@@ -102,6 +102,7 @@ class _Walk:
         self.bank = _Bank(s.protos.dim) if cfg.intra else None
         self.selected: list[int] = []
         self._dets: dict[tuple[int, int], tuple] = {}
+        self.rejected = {"inter": 0, "intra": 0}  # candidates the walk turned down, and why
 
     def detections(self, i: int, c: int) -> tuple[np.ndarray, np.ndarray]:
         """Candidate i's detections of class c (cached: a selected image's are asked again by
@@ -133,6 +134,7 @@ class _Walk:
                 if self.done():
                     return
                 block, protos = nxt.result()
+                self.rejected["inter"] += len(blocks[j]) - len(block)
                 if j + 1 < len(blocks):
                     nxt = ahead.submit(self._prepare, blocks[j + 1])
                 cache = _BlockCache(self, block, protos) if self.cfg.intra else None
@@ -140,8 +142,10 @@ class _Walk:
                     if self.done():
                         return
                     if self.cfg.inter and not self.passes_inter(i):
+                        self.rejected["inter"] += 1
                         continue
                     if cache is not None and not cache.intra_ok(i):
+                        self.rejected["intra"] += 1
                         continue
                     self.accept(i, cache)
 
@@ -151,6 +155,22 @@ class _Walk:
         if self.cfg.inter:
             block = [i for i in block if self.passes_inter(i)]
         return block, self.s.protos.of(block) if self.cfg.intra else None
+
+    def stop_reason(self) -> str:
+        """Why the main pass ended, in words for the user."""
+        cfg = self.cfg
+        if len(self.selected) >= self.budget:
+            return "the main pass met the budget"
+        if cfg.inter and not self.minority:
+            return "the main pass stopped: every minority class met its quota"
+        why = []
+        if self.rejected["inter"]:
+            why.append(f"{self.rejected['inter']} had no minority class above t_inter "
+                       f"{cfg.t_inter}")
+        if self.rejected["intra"]:
+            why.append(f"{self.rejected['intra']} were redundant (a class prototype at or above "
+                       f"t_intra {cfg.t_intra})")
+        return "the main pass ran out of candidates: " + ("; ".join(why) or "none left")
 
     def accept(self, i: int, cache: _BlockCache | None) -> None:
         self.selected.append(i)
@@ -248,4 +268,4 @@ def divproto_walk(s: Summary, keys: np.ndarray, pool: Pool, cfg: DivProto,
     fill = order[~taken[order]][: max(0, pool.budget - len(main))]
     picked = np.concatenate([np.asarray(main, dtype=np.int64), fill])
     reasons = ["main"] * len(main) + ["fill"] * len(fill)
-    return Picked(picked, [float(keys[i]) for i in picked], reasons)
+    return Picked(picked, [float(keys[i]) for i in picked], reasons, walk.stop_reason())
