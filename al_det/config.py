@@ -96,6 +96,14 @@ class AcquireConfig:
 
 
 @dataclass(frozen=True)
+class LabelConfig:
+    """The hand-off of a labelling round (mode: labelling), written beside to_label.json."""
+
+    preannotation_thresh: float = 0.5  # detections scoring at least this are pre-annotations
+    image_url_prefix: str = "/data/local-files/?d="  # Label Studio tasks: data.image prefix
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -108,6 +116,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     acquire: AcquireConfig = field(default_factory=AcquireConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
 
 CHOICES = {
@@ -127,6 +136,7 @@ CHOICES = {
 UNIT_INTERVAL = (
     "acquire.t_enms", "acquire.t_intra", "acquire.t_inter", "acquire.alpha", "acquire.beta",
     "infer.score_thresh", "train.hflip", "train.warmup_factor", "train.lr_gamma",
+    "label.preannotation_thresh",
 )
 POSITIVE = (
     "cycles", "initial", "acquire.budget", "train.epochs", "train.batch_size", "train.lr",

@@ -4,7 +4,8 @@ Reads ``cycle_K/dump/``, ``cycle_K/labeled.json``, ``unlabeled.json`` and, in si
 pool file (the only reader of the unlabeled images' ground truth: the oracle). Writes
 ``cycle_K/selection.json`` and then either the next cycle's ``labeled.json`` and
 ``unlabeled.json`` (simulation; ``unlabeled.json`` last, it marks the cycle as existing) or
-``cycle_K/to_label.json`` for CVAT / Label Studio (labelling). The selection is a pure
+``cycle_K/to_label.json`` for CVAT / Label Studio (labelling), after the hand-off files
+beside it (:mod:`al_det.handoff`). The selection is a pure
 function of the dump, the splits and the config, so a rerun after a crash redoes it exactly.
 """
 
@@ -21,6 +22,7 @@ from al_det.acquire import Selection, select_images, streaming_ahead, write_sele
 from al_det.config import AcquireConfig, ExperimentConfig
 from al_det.dump import read_dump
 from al_det.errors import SplitError
+from al_det.handoff import write_handoff
 from al_det.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,11 @@ def run_acquire_cycle(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection |
         selection = select_images(dump, labeled, budget, cfg.acquire.strategy, params, ahead)
     atomic.write_json(cycle.selection, {**selection.to_json(), "cycle": k}, indent=1)
     if cfg.mode == "labelling":
+        by_id = {im["id"]: im for im in unlabeled["images"]}
+        write_handoff(cycle.root, [by_id[i] for i in selection.image_ids], dump,
+                      unlabeled["categories"], cfg.data.pool_images,
+                      cfg.label.preannotation_thresh, url_prefix=cfg.label.image_url_prefix,
+                      model_version=f"{cfg.name} cycle {k} {cfg.model.name}")
         write_selection_coco(cycle.to_label, selection, unlabeled["images"],
                              unlabeled["categories"])
         log.info("cycle %d: %d images to label in %s", k, budget, cycle.to_label)
