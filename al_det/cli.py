@@ -173,7 +173,7 @@ def export(workdir: Path, cycle: int | None, dest: Path, copy: bool) -> None:
     """Real labelling: gather to_label.json's image files into a folder for upload.
 
     \b
-    Example:  al-det export -w runs/exp --to upload/cycle_000
+    Example:  al-det export -w runs/exp --to upload
     """
     from al_det.export import run_export
 

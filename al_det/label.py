@@ -47,12 +47,16 @@ def run_label(workdir: Path, cycle: int | None, annotations: Path, force: bool =
         atomic.write_json(nxt.labeled, result.labeled)
         atomic.write_json(nxt.unlabeled, result.unlabeled)
     absent = f", {result.absent} of them absent from the export" if result.absent else ""
-    line = (f"cycle {k + 1}: imported {result.images} images ({result.boxes} boxes, "
-            f"{result.negatives} images without boxes{absent}) from {kind} {annotations}; "
-            f"{len(result.labeled['images'])} labeled, {len(result.unlabeled['images'])} "
-            "unlabeled")
+    line = (f"cycle {k + 1}: imported {_n(result.images, 'image')} ({_n(result.boxes, 'box')}, "
+            f"{_n(result.negatives, 'image')} without boxes{absent}) from {kind} "
+            f"{annotations}; {len(result.labeled['images'])} labeled, "
+            f"{len(result.unlabeled['images'])} unlabeled")
     log.info("%s", line)
     return line
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("x") else "s")
 
 
 def load_export(path: Path) -> tuple[dict, str]:
