@@ -10,9 +10,9 @@ Reads a dump (docs/detections-dump.md) and the labeled set; semantics: docs/acqu
   ``labeled.json``, ``unlabeled.json`` and, in simulation, the pool file (the only reader of
   the unlabeled images' ground truth: the oracle); writes ``cycle_K/selection.json`` and then
   either the next cycle's ``labeled.json`` and ``unlabeled.json`` (``unlabeled.json`` last: it
-  marks the cycle as existing) or ``cycle_K/to_label.json`` (labelling mode). The selection is
-  a pure function of the dump, the splits and the config, so a rerun after a crash redoes it
-  exactly.
+  marks the cycle as existing) or, in labelling mode, the hand-off files for the annotation
+  tool (:mod:`al_det.handoff`) and ``cycle_K/to_label.json`` last. The selection is a pure
+  function of the dump, the splits and the config, so a rerun after a crash redoes it exactly.
 
 Everything is checked and selected before the first write, so nothing is written on any
 error. Imports no torch.
@@ -37,6 +37,7 @@ from .atomic import write_json
 from .config import ExperimentConfig, apply_overrides, override, strategy_params
 from .dump import Dump, read_dump
 from .errors import AcquireError, CocoError, ConfigError, SplitError, WorkdirError
+from .handoff import write_handoff
 from .strategies import STRATEGIES, Strategy, make_strategy
 from .strategies.base import Pool
 from .strategies.summary import PassAhead, pass_ahead
@@ -235,6 +236,12 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
     record = {**selection.to_json(), "cycle": k}
     if pool is None:
         write_json(cycle.selection, record, indent=1)
+        by_id = {im["id"]: im for im in unlabeled["images"]}
+        write_handoff(cycle, [by_id[i] for i in selection.image_ids], dump,
+                      unlabeled["categories"], cfg.data.pool_images,
+                      cfg.label.preannotation_thresh, url_prefix=cfg.label.image_url_prefix,
+                      model_version=f"{cfg.name} cycle {k} {cfg.model.name}")
+        # to_label.json last: it marks the acquisition as done
         write_json(cycle.to_label, coco_selection(selection, unlabeled["images"],
                                                   unlabeled["categories"]))
         log.info("cycle %d: %d images to label in %s", k, budget, cycle.to_label)

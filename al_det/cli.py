@@ -191,14 +191,44 @@ def acquire(workdir: Path | None, cycle: int | None, dets: Path | None, labeled:
 @workdir_opt
 @cycle_opt
 @click.option("--annotations", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="COCO JSON exported from CVAT / Label Studio for to_label.json's images.")
+              help="The export of to_label.json's images: COCO (CVAT, Label Studio, ...) or "
+                   "Label Studio's JSON.")
+@click.option("--missing-as-empty", is_flag=True,
+              help="Selected images absent from the export were looked at and hold no object "
+                   "(Label Studio's COCO export leaves them out); default: an error.")
 @force_opt
 @_friendly
-def label(workdir: Path, cycle: int | None, annotations: Path, force: bool) -> None:
-    """Real labelling: import the annotations of to_label.json's images as the next cycle."""
+def label(workdir: Path, cycle: int | None, annotations: Path, missing_as_empty: bool,
+          force: bool) -> None:
+    """Real labelling: import the annotations of to_label.json's images as the next cycle.
+
+    \b
+    Example:  al-det label -w runs/exp --annotations project-1-at-2024-05-01.json
+    """
     from al_det.label import run_label
 
-    run_label(workdir, cycle, annotations, force=force)
+    click.echo(run_label(workdir, cycle, annotations, force=force,
+                         missing_as_empty=missing_as_empty))
+
+
+@main.command()
+@workdir_opt
+@cycle_opt
+@click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to put the images in (made if missing; file_name sub-folders kept).")
+@click.option("--copy", is_flag=True,
+              help="Copy the files instead of linking them (hard links, or symbolic links "
+                   "across file systems).")
+@_friendly
+def export(workdir: Path, cycle: int | None, dest: Path, copy: bool) -> None:
+    """Real labelling: gather to_label.json's image files into a folder for upload.
+
+    \b
+    Example:  al-det export -w runs/exp --to upload
+    """
+    from al_det.export import run_export
+
+    click.echo(run_export(workdir, cycle, dest, copy=copy))
 
 
 @main.command()

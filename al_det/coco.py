@@ -62,7 +62,11 @@ def load_coco(path: Path, require_annotations: bool = True) -> dict:
     :data:`BOX_TOLERANCE` pixels; they are kept as they are (the data loader clips).
     """
     path = Path(path)
-    data = _read_json(path)
+    return check_coco(_read_json(path), path, require_annotations)
+
+
+def check_coco(data: dict, path: Any, require_annotations: bool = True) -> dict:
+    """Validate a COCO dict read from ``path`` (named in errors) as :func:`load_coco` does."""
     if "annotations" not in data and not require_annotations:
         data["annotations"] = []
     for key in ("images", "categories", "annotations"):

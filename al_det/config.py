@@ -101,6 +101,14 @@ AcquireConfig = _acquire_config()
 
 
 @dataclass(frozen=True)
+class LabelConfig:
+    """The hand-off of a labelling round (mode: labelling), written beside to_label.json."""
+
+    preannotation_thresh: float = 0.5  # detections scoring at least this are pre-annotations
+    image_url_prefix: str = "/data/local-files/?d="  # Label Studio tasks: data.image prefix
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -113,6 +121,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     acquire: AcquireConfig = field(default_factory=AcquireConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
 
 CHOICES = {
@@ -130,6 +139,7 @@ CHOICES = {
 }
 UNIT_INTERVAL = (
     "infer.score_thresh", "train.hflip", "train.warmup_factor", "train.lr_gamma",
+    "label.preannotation_thresh",
 )
 POSITIVE = (
     "cycles", "initial", "acquire.budget", "train.epochs", "train.batch_size", "train.lr",

@@ -12,9 +12,13 @@ Every function that builds splits checks the cycle invariants before returning a
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -188,77 +192,176 @@ def check_splits(pool: dict, labeled: dict, unlabeled: dict, where: str = "split
                              "match the pool, rebuild them from the last good cycle")
 
 
+@dataclass(frozen=True)
+class LabelImport:
+    """The next splits made from an annotation export, and what went into them."""
+
+    labeled: dict
+    unlabeled: dict
+    images: int  # selected images now labeled
+    boxes: int  # annotations imported
+    negatives: int  # imported images without any box (absent ones included)
+    absent: int  # selected images the export left out (``missing_as_empty``)
+
+
 def import_labels(labeled: dict, unlabeled: dict, to_label_ids: Iterable[int],
-                  annotations_coco: dict, cmap_match: dict[int, int],
-                  source: str) -> tuple[dict, dict]:
+                  annotations_coco: dict, cmap_match: dict[int, int], source: str,
+                  missing_as_empty: bool = False) -> tuple[dict, dict]:
+    """Real labelling: ingest a user's annotation export; (next labeled, next unlabeled).
+
+    See :func:`import_export`, which also says how many images, boxes and negatives.
+    """
+    result = import_export(labeled, unlabeled, to_label_ids, annotations_coco, cmap_match,
+                           source, missing_as_empty)
+    return result.labeled, result.unlabeled
+
+
+def import_export(labeled: dict, unlabeled: dict, to_label_ids: Iterable[int],
+                  annotations_coco: dict, cmap_match: dict[int, int], source: str,
+                  missing_as_empty: bool = False) -> LabelImport:
     """Real labelling: ingest a user's annotation export for the images sent to label.
 
-    ``annotations_coco`` is a validated COCO file (:func:`al_det.coco.load_coco`) exported by
-    CVAT / Label Studio; ``cmap_match`` maps its category ids to ours
-    (:meth:`al_det.coco.CategoryMap.match`). Images are matched by ``file_name``, not id:
-    labelling tools renumber image ids. The export must cover exactly the selected images
-    (an image without boxes is a valid negative). Returns (next labeled, next unlabeled): the
-    previous labeled split plus the imported images (our records, selection order) with their
-    annotations remapped to our image / category ids and given new unique annotation ids.
+    ``annotations_coco`` is a validated COCO dict exported by CVAT / Label Studio (an image's
+    ``width``/``height`` may be None when it has no box: Label Studio writes that);
+    ``cmap_match`` maps its category ids to ours (:meth:`al_det.coco.CategoryMap.match`).
+    Images are matched by file name, never id (:func:`match_images`). Every selected image
+    must be in the export (an image without boxes is a valid negative) unless
+    ``missing_as_empty``: then the images it leaves out are labeled negatives. The next labeled
+    split is the previous one plus the selected images (our records, selection order) with
+    their annotations remapped to our image / category ids and given new unique ids.
     """
     to_label = list(to_label_ids)
     unl_by_id = {im["id"]: im for im in unlabeled["images"]}
     lab_ids = {im["id"] for im in labeled["images"]}
     _check_selection(to_label, lab_ids | set(unl_by_id), lab_ids, set(unl_by_id), "to_label")
-    ours = {unl_by_id[i]["file_name"]: unl_by_id[i] for i in to_label}
-    theirs_to_ours = _match_images(ours, annotations_coco["images"], source)
+    ours = [unl_by_id[i] for i in to_label]
+    theirs_to_ours = match_images(ours, annotations_coco["images"], source, missing_as_empty)
     new_anns = _remap_annotations(annotations_coco["annotations"], theirs_to_ours, cmap_match,
                                   _next_ann_id(labeled), source)
     chosen = set(to_label)
-    nxt_labeled = _extend(labeled, [unl_by_id[i] for i in to_label], new_anns,
-                          labeled["categories"])
+    nxt_labeled = _extend(labeled, ours, new_anns, labeled["categories"])
     nxt_unlabeled = subset(unlabeled, [im["id"] for im in unlabeled["images"]
                                        if im["id"] not in chosen], with_annotations=False)
     _check_growth(labeled, nxt_labeled, len(to_label))
     _check_pair(nxt_labeled, nxt_unlabeled, labeled, unlabeled)
-    return nxt_labeled, nxt_unlabeled
+    with_boxes = {a["image_id"] for a in new_anns}
+    return LabelImport(nxt_labeled, nxt_unlabeled, len(to_label), len(new_anns),
+                       len(chosen - with_boxes), len(chosen - set(theirs_to_ours.values())))
 
 
-def _match_images(ours: dict[str, dict], their_images: list, source: str) -> dict[int, int]:
-    """Match exported images to ours by file name: {their image id: our image id}.
+# Label Studio stores an uploaded file as ``<8 hex digits>-<original name>``.
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(?=.)")
 
-    Exact file names first; tools often drop or change folders (``images/a.jpg`` -> ``a.jpg``),
-    so an unmatched name falls back to its base name when that base name is unique among ours.
+
+def match_images(ours: list[dict], their_images: list, source: str,
+                 missing_as_empty: bool = False) -> dict[int, int]:
+    """Match an export's images to the selected ones by name: {their image id: our image id}.
+
+    Labelling tools renumber image ids and rewrite paths, so each exported ``file_name`` is
+    tried, in order, as: the exact file name; a path ending in one of ours
+    (``images/sub/a.jpg``, ``/data/local-files/?d=sub/a.jpg``, ``C:\\x\\sub\\a.jpg``); the
+    same base name; the base name without Label Studio's upload prefix
+    (``/data/upload/1/1a2b3c4d-a.jpg``). The first rule that finds exactly one of ours wins;
+    one that finds several is an error naming them. An exported image that matches none of
+    ours, or the same one as another, is an error; so is a selected image the export leaves
+    out, unless ``missing_as_empty``. Sizes must agree (either orientation, for EXIF), except
+    where the export has none.
     """
-    by_base: dict[str, list[str]] = {}
-    for name in ours:
-        by_base.setdefault(_base(name), []).append(name)
+    index = _NameIndex(ours)
     mapping: dict[int, int] = {}
-    matched: dict[str, Any] = {}
-    extra = []
+    taken: dict[int, str] = {}
     for im in their_images:
-        name = im["file_name"]
-        if name not in ours and len(by_base.get(_base(name), [])) == 1:
-            name = by_base[_base(name)][0]
-        if name not in ours or name in matched:
-            extra.append(im["file_name"])
-            continue
-        mine = ours[name]
-        if (im["width"], im["height"]) != (mine["width"], mine["height"]):
-            raise SplitError(f"{source}: image {im['file_name']!r} is {im['width']}x"
-                             f"{im['height']} but pool image id {mine['id']} is "
-                             f"{mine['width']}x{mine['height']}; export the original images")
-        matched[name] = im["id"]
+        mine = index.find(im["file_name"], source)
+        if mine["id"] in taken:
+            raise SplitError(f"{source}: images {taken[mine['id']]!r} and {im['file_name']!r} "
+                             f"both match selected image {mine['file_name']!r} (image id "
+                             f"{mine['id']}); remove the duplicate task / image and export again")
+        _check_size(im, mine, source)
+        taken[mine["id"]] = im["file_name"]
         mapping[im["id"]] = mine["id"]
-    missing = [f"{n} (image id {ours[n]['id']})" for n in ours if n not in matched]
-    if extra:
-        raise SplitError(f"{source}: annotations for {len(extra)} images that were not "
-                         f"selected (or appear twice): {_ids(extra)}; export only the images "
-                         "of to_label.json")
-    if missing:
+    missing = [f"{im['file_name']} (image id {im['id']})" for im in ours if im["id"] not in taken]
+    if missing and not missing_as_empty:
         raise SplitError(f"{source}: no annotations for {len(missing)} of {len(ours)} selected "
-                         f"images: {_ids(missing)}; export every image of to_label.json "
-                         "(images without boxes included)")
+                         f"images: {_ids(missing)}; label and export them, or pass "
+                         "--missing-as-empty if they were looked at and hold no object "
+                         "(Label Studio leaves images without boxes out of its COCO export)")
     return mapping
 
 
+class _NameIndex:
+    """Our selected images by file name, by path suffix, by base name."""
+
+    def __init__(self, ours: list[dict]):
+        self.by_name = {im["file_name"]: im for im in ours}
+        self.by_base: dict[str, list[dict]] = {}
+        for im in ours:
+            self.by_base.setdefault(_base(im["file_name"]), []).append(im)
+
+    def find(self, name: str, source: str) -> dict:
+        if name in self.by_name:
+            return self.by_name[name]
+        path = _their_path(name)
+        base = _base(path)
+        rules = (
+            ("path", lambda im: path == _slashed(im["file_name"])
+             or path.endswith("/" + _slashed(im["file_name"]).lstrip("/"))),
+            ("base name", lambda im: True),
+        )
+        for rule, ok in rules:
+            found = [im for im in self.by_base.get(base, []) if ok(im)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise self._ambiguous(name, rule, found, source)
+        stripped = _UPLOAD_PREFIX.sub("", base)
+        found = self.by_base.get(stripped, []) if stripped != base else []
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise self._ambiguous(name, "base name without the upload prefix", found, source)
+        raise self._unmatched(name, source)
+
+    @staticmethod
+    def _ambiguous(name: str, rule: str, found: list[dict], source: str) -> SplitError:
+        cands = [f"{im['file_name']} (image id {im['id']})" for im in found]
+        return SplitError(f"{source}: image {name!r} matches {len(found)} selected images by "
+                          f"{rule}: {_ids(cands)}; export with the full relative paths of "
+                          "to_label.json (or rename the images so their base names differ)")
+
+    def _unmatched(self, name: str, source: str) -> SplitError:
+        close = difflib.get_close_matches(_base(_their_path(name)), list(self.by_base), n=3)
+        hint = f"; the closest selected names are {close}" if close else ""
+        return SplitError(f"{source}: image {name!r} is not one of the {len(self.by_name)} "
+                          f"selected images of to_label.json{hint}; export only the images of "
+                          "to_label.json (one project or task per cycle)")
+
+
+def _check_size(im: dict, mine: dict, source: str) -> None:
+    size = (im.get("width"), im.get("height"))
+    if size == (None, None):  # Label Studio's COCO export of an image without boxes
+        return
+    want = (mine["width"], mine["height"])
+    if size != want and size != want[::-1]:
+        raise SplitError(f"{source}: image {im['file_name']!r} is {size[0]}x{size[1]} but "
+                         f"pool image id {mine['id']} ({mine['file_name']}) is "
+                         f"{want[0]}x{want[1]}; label the original images, not resized ones")
+
+
+def _slashed(name: str) -> str:
+    return name.replace("\\", "/")
+
+
+def _their_path(name: str) -> str:
+    """An exported image name as a plain '/' path: URL, ``?d=`` and backslashes undone."""
+    if "?d=" in name:  # Label Studio local files: /data/local-files/?d=sub/a.jpg
+        name = unquote(name.split("?d=", 1)[1])
+    elif "://" in name:  # http(s)://host/a%20b.jpg, s3://bucket/a.jpg
+        name = unquote(urlsplit(name).path)
+    return _slashed(name)
+
+
 def _base(name: str) -> str:
-    return name.replace("\\", "/").rsplit("/", 1)[-1]
+    return _slashed(name).rsplit("/", 1)[-1]
 
 
 def _next_ann_id(labeled: dict) -> int:

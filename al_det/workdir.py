@@ -17,6 +17,8 @@ Layout (a stage is done when its final file exists; all writes are atomic)::
                       detections.json, metrics.json          (evaluate)
                       dump_shards/chunk_NNNNN/, dump/         (infer)
                       selection.json, to_label.json           (acquire)
+                      preannotations.json, labelstudio_tasks.json, labelstudio_config.xml,
+                      to_label.txt                            (acquire, labelling mode)
 
 Reads ``config.yaml``, ``.frozen.yaml``, ``versions.json``, ``categories.json`` and the split
 files for the commands (one reader each); writes ``history.jsonl`` and, when a change is
@@ -74,6 +76,11 @@ class Cycle:
     shards = property(lambda self: self.root / "dump_shards")
     selection = property(lambda self: self.root / "selection.json")
     to_label = property(lambda self: self.root / "to_label.json")
+    # the hand-off of a labelling round, beside to_label.json (al_det/handoff.py)
+    preannotations = property(lambda self: self.root / "preannotations.json")
+    ls_tasks = property(lambda self: self.root / "labelstudio_tasks.json")
+    ls_config = property(lambda self: self.root / "labelstudio_config.xml")
+    to_label_txt = property(lambda self: self.root / "to_label.txt")
 
     def chunk(self, c: int) -> Path:
         """The folder of inference chunk ``c`` (a complete dump of its images once done)."""

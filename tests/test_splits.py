@@ -255,8 +255,8 @@ def test_import_labels_more_images_than_selected():
     selected = [110, 105]
     export = make_export({"images": unlabeled["images"]}, [110, 105, 117])
     cmatch = CategoryMap(CATS).match(export["categories"], "export.json")
-    with pytest.raises(SplitError, match=r"export.json: annotations for 1 images that were not "
-                                         r"selected.*img_117.jpg"):
+    with pytest.raises(SplitError, match=r"export.json: image 'img_117.jpg' is not one of the 2 "
+                                         r"selected images"):
         import_labels(labeled, unlabeled, selected, export, cmatch, "export.json")
 
 
@@ -265,7 +265,8 @@ def test_import_labels_size_mismatch_and_bad_selection():
     export = make_export({"images": unlabeled["images"]}, [110])
     cmatch = CategoryMap(CATS).match(export["categories"], "export.json")
     export["images"][0]["width"] = 100
-    with pytest.raises(SplitError, match="img_110.jpg.*pool image id 110 is 50x40"):
+    with pytest.raises(SplitError,
+                       match=r"img_110.jpg.*pool image id 110 \(sub/img_110.jpg\) is 50x40"):
         import_labels(labeled, unlabeled, [110], export, cmatch, "export.json")
     with pytest.raises(SplitError, match=r"\[100\] are already labeled"):
         import_labels(labeled, unlabeled, [100], export, cmatch, "export.json")
