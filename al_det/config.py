@@ -20,6 +20,7 @@ from typing import Any, Union
 import yaml
 
 from al_det.errors import ConfigError
+from al_det.model_names import MODEL_NAMES
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,7 @@ CHOICES = {
     "acquire.strategy": ("random", "entropy", "enms", "divproto", "enms_divproto", "coreset"),
     "acquire.intra_missing": ("novel", "skip"),
     "infer.feature_dtype": ("float16", "float32"),
-    "model.name": (
-        "tiny_frcnn",
-        "fasterrcnn_resnet50_fpn",
-        "fasterrcnn_mobilenet_v3_large_fpn",
-        "retinanet_resnet50_fpn",
-        "ssd300_vgg16",
-        "fcos_resnet50_fpn",
-    ),
+    "model.name": MODEL_NAMES,  # the keys of al_det.models.ADAPTERS
 }
 UNIT_INTERVAL = (
     "acquire.t_enms", "acquire.t_intra", "acquire.t_inter", "acquire.alpha", "acquire.beta",
