@@ -1,13 +1,26 @@
-"""Checkpoint files of training: RNG states, safe loading, and the trained model.
+"""Checkpoint files of training, both formats in one place: writing, checking and loading.
 
-Reads ``cycle_K/train/last.pth`` and ``cycle_K/model.pth`` with
-``torch.load(weights_only=True)``: a corrupted or foreign file is a WorkdirError naming it,
-never a silent retrain. Writes nothing (``train.py`` saves, atomically).
+Writes (atomically; ``train.py`` calls these on rank 0 only):
+
+* ``cycle_K/train/last.pth``, resumable: ``version`` (:data:`CKPT_VERSION`), ``model``,
+  ``optimizer``, ``scaler`` (state dicts), ``iteration``, ``total_iters``, ``world_size``,
+  ``config_hash``, ``rng`` (every rank's RNG states, :func:`rng_state`) and ``elapsed``
+  (training seconds so far);
+* ``cycle_K/model.pth``, the trained model: ``model``, ``name``, ``num_classes``,
+  ``categories``, ``cycle``, ``iterations``, ``config_hash``, ``train_seconds``.
+
+Reads both with ``torch.load(weights_only=True)``: a corrupted or foreign file is a
+WorkdirError naming it, never a silent retrain.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +28,89 @@ import numpy as np
 import torch
 from torch import nn
 
+from al_det.atomic import atomic_open
+from al_det.coco import CategoryMap
 from al_det.config import ExperimentConfig
 from al_det.errors import WorkdirError
+
+log = logging.getLogger(__name__)
+
+CKPT_VERSION = 1
+RESTART = "delete it to restart training from scratch"
+
+
+@dataclass
+class TrainingState:
+    """The live training objects ``last.pth`` saves; :func:`resume` restores them in place
+    and sets ``iteration`` and ``elapsed`` to the checkpoint's."""
+
+    net: nn.Module  # the bare detector (not the DDP wrapper)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    iteration: int
+    total: int
+    world_size: int
+    config_hash: str
+    elapsed: float
+
+
+def save_last(path: Path, state: TrainingState, rng_states: list[dict[str, Any]]) -> None:
+    """Write the resumable checkpoint atomically; ``rng_states`` holds every rank's."""
+    ckpt = {"version": CKPT_VERSION, "model": state.net.state_dict(),
+            "optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict(),
+            "iteration": state.iteration, "total_iters": state.total,
+            "world_size": state.world_size, "config_hash": state.config_hash,
+            "rng": rng_states, "elapsed": state.elapsed}
+    with atomic_open(path, "wb") as fh:
+        torch.save(ckpt, fh)
+
+
+def resume(path: Path, state: TrainingState, rank: int) -> None:
+    """Restore ``state`` and this rank's RNG states from ``path``, or a WorkdirError naming it
+    (another version, training config or labeled set, or a model it does not fit)."""
+    ckpt = load_file(path, RESTART)
+    needed = {"model", "optimizer", "iteration", "rng"}
+    if ckpt.get("version") != CKPT_VERSION or not needed <= ckpt.keys():
+        raise WorkdirError(f"{path}: not an al-det training checkpoint (version 1); {RESTART}")
+    if ckpt.get("config_hash") != state.config_hash or ckpt.get("total_iters") != state.total:
+        raise WorkdirError(f"{path}: written for another training config or labeled set; "
+                           f"restore that config or {RESTART}")
+    try:
+        state.net.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and state.scaler.is_enabled():
+            state.scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise WorkdirError(f"{path}: does not fit this model ({reason}); {RESTART}") from None
+    states = ckpt["rng"]
+    if len(states) != state.world_size:
+        log.warning("%s was written by %d processes, now %d: the run continues but will not "
+                    "repeat the uninterrupted one exactly", path, len(states), state.world_size)
+    set_rng_state(states[rank % len(states)])
+    state.iteration = int(ckpt["iteration"])
+    state.elapsed = float(ckpt.get("elapsed", 0.0))
+
+
+def save_trained(path: Path, net: nn.Module, name: str, cmap: CategoryMap, *, k: int,
+                 iterations: int, chash: str, seconds: float) -> None:
+    """Write the trained model of cycle ``k`` atomically (what :func:`load_trained` reads)."""
+    payload = {"model": net.state_dict(), "name": name, "num_classes": len(cmap.labels),
+               "categories": cmap.to_json()["categories"], "cycle": k,
+               "iterations": iterations, "config_hash": chash,
+               "train_seconds": round(seconds, 1)}
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
+
+
+def config_hash(cfg: ExperimentConfig, k: int, image_ids: list[int]) -> str:
+    """A hash of everything that decides the trained weights (not workers or checkpointing)."""
+    train = dataclasses.asdict(cfg.train)
+    for key in ("workers", "checkpoint_every"):
+        train.pop(key)
+    blob = {"seed": cfg.seed, "cycle": k, "model": dataclasses.asdict(cfg.model), "train": train,
+            "images": image_ids}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def rng_state() -> dict[str, Any]:

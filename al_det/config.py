@@ -21,6 +21,7 @@ from typing import Any, Union
 import yaml
 
 from al_det.errors import AcquireError, ConfigError
+from al_det.model_names import MODEL_NAMES
 from al_det.strategies import STRATEGIES, check_parameters
 
 
@@ -128,14 +129,7 @@ CHOICES = {
     "mode": ("simulation", "labelling"),
     "acquire.strategy": tuple(STRATEGIES),
     "infer.feature_dtype": ("float16", "float32"),
-    "model.name": (
-        "tiny_frcnn",
-        "fasterrcnn_resnet50_fpn",
-        "fasterrcnn_mobilenet_v3_large_fpn",
-        "retinanet_resnet50_fpn",
-        "ssd300_vgg16",
-        "fcos_resnet50_fpn",
-    ),
+    "model.name": MODEL_NAMES,  # the keys of al_det.models.ADAPTERS
 }
 UNIT_INTERVAL = (
     "infer.score_thresh", "train.hflip", "train.warmup_factor", "train.lr_gamma",

@@ -14,7 +14,7 @@ number of processes (every rank takes its slice of the same global batch).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from al_det.coco import CategoryMap
 from al_det.dist import shard_indices
+from al_det.errors import AlDetError
 from al_det.images import load_image
 
 
@@ -173,3 +174,26 @@ def inference_loader(coco: dict, images_root: str | Path, indices: Sequence[int]
     subset = torch.utils.data.Subset(dataset, list(indices))
     return DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=_ids_collate,
                       num_workers=workers)
+
+
+def batches(loader: Iterable) -> Iterator:
+    """The loader's batches; a data error raised in a worker comes back as its own one line."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except AlDetError as exc:
+            raise type(exc)(_worker_message(exc)) from None
+        yield batch
+
+
+def _worker_message(exc: Exception) -> str:
+    """The original message of an error re-raised by a DataLoader worker (minus its traceback)."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last[len(name):] if last.startswith(name) else last

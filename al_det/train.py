@@ -4,13 +4,12 @@ Reads ``cycle_K/labeled.json``, ``WORKDIR/categories.json``, the pool images
 (``data.pool_images``) and, when present, the resumable checkpoint ``cycle_K/train/last.pth``.
 Writes (rank 0 only, every file atomically):
 
-* ``cycle_K/train/last.pth``: model, optimizer, scaler, iteration, every rank's RNG states,
-  world size and a hash of the training config; every ``train.checkpoint_every`` iterations,
-  at each epoch end and on SIGTERM;
+* ``cycle_K/train/last.pth``, resumable (its format: :mod:`al_det.checkpoint`), every
+  ``train.checkpoint_every`` iterations, at each epoch end and on SIGTERM;
 * ``cycle_K/train/log.jsonl``: one JSON line every :data:`LOG_EVERY` iterations and at the end;
 * ``cycle_K/train/interrupted``: marker written when SIGTERM stopped training (removed on resume);
-* ``cycle_K/model.pth``: the final model; its existence means the stage is done, and
-  ``last.pth`` is then removed.
+* ``cycle_K/model.pth``: the final model (:mod:`al_det.checkpoint`); its existence means the
+  stage is done, and ``last.pth`` is then removed.
 
 The schedule counts iterations: ``epochs * ceil(n_labeled / batch_size)``, with ``batch_size``
 the global batch split evenly over the processes. The data order and flips are a pure function
@@ -20,8 +19,6 @@ the weights the uninterrupted run would have produced.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -30,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from al_det import checkpoint, data, dist
-from al_det.atomic import atomic_open, write_json, write_text
+from al_det.atomic import write_json, write_text
 from al_det.coco import CategoryMap, load_coco
 from al_det.config import ExperimentConfig, TrainConfig
 from al_det.errors import AlDetError, ConfigError, WorkdirError
@@ -50,7 +47,6 @@ from al_det.workdir import Cycle, Workdir
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 20
-CKPT_VERSION = 1
 EXIT_SIGTERM = 143  # 128 + SIGTERM: what Slurm and shells expect from a terminated job
 
 
@@ -89,16 +85,6 @@ def check_train_config(t: TrainConfig, world: int) -> None:
         raise ConfigError(f"train.warmup_iters={t.warmup_iters} must be >= 0")
     if t.clip_grad is not None and t.clip_grad <= 0:
         raise ConfigError(f"train.clip_grad={t.clip_grad} must be > 0 (or unset)")
-
-
-def config_hash(cfg: ExperimentConfig, k: int, image_ids: list[int]) -> str:
-    """A hash of everything that decides the trained weights (not workers or checkpointing)."""
-    train = dataclasses.asdict(cfg.train)
-    for key in ("workers", "checkpoint_every"):
-        train.pop(key)
-    blob = {"seed": cfg.seed, "cycle": k, "model": dataclasses.asdict(cfg.model), "train": train,
-            "images": image_ids}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------ state
@@ -178,7 +164,7 @@ def _setup(wd: Workdir, cycle: Cycle, k: int, cfg: ExperimentConfig,
     image_ids = [im["id"] for im in dataset.images]
     run = _Run(cfg, cycle, k, info, dataset, cmap, net, model, optimizer, scaler,
                total=t.epochs * per_epoch, per_epoch=per_epoch,
-               chash=config_hash(cfg, k, image_ids))
+               chash=checkpoint.config_hash(cfg, k, image_ids))
     if cycle.last_ckpt.exists():
         _resume(run)
     return run
@@ -224,7 +210,7 @@ def _epochs(run: _Run, stop: threading.Event, on_iteration: Callable[[int], None
         loader = data.train_loader(
             run.dataset, t.batch_size, epoch, rank=run.info.rank, world=run.info.world_size,
             start=pos, workers=t.workers, pin_memory=run.info.device.type == "cuda")
-        for images, targets in _batches(loader):
+        for images, targets in data.batches(loader):
             if _should_stop(stop, run):
                 _interrupt(run)
             lr, losses = _step(run, images, targets)
@@ -236,29 +222,6 @@ def _epochs(run: _Run, stop: threading.Event, on_iteration: Callable[[int], None
                 save_checkpoint(run)
         if run.iteration < run.total and run.saved_at != run.iteration:
             save_checkpoint(run)  # epoch end
-
-
-def _batches(loader: Iterable) -> Iterator:
-    """The loader's batches; a data error raised in a worker comes back as its own one line."""
-    it = iter(loader)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except AlDetError as exc:
-            raise type(exc)(_worker_message(exc)) from None
-        yield batch
-
-
-def _worker_message(exc: Exception) -> str:
-    """The original message of an error re-raised by a DataLoader worker (minus its traceback)."""
-    text = str(exc)
-    if "Original Traceback" not in text:
-        return text
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-    return last[len(name):] if last.startswith(name) else last
 
 
 def _step(run: _Run, images: list[torch.Tensor],
@@ -387,61 +350,34 @@ def save_checkpoint(run: _Run) -> None:
     """Write ``last.pth`` (rank 0, atomically) with every rank's RNG states; all ranks call it."""
     states = dist.all_gather_object(checkpoint.rng_state())
     if run.info.is_main:
-        ckpt = {"version": CKPT_VERSION, "model": run.net.state_dict(),
-                "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-                "iteration": run.iteration, "total_iters": run.total,
-                "world_size": run.info.world_size, "config_hash": run.chash, "rng": states,
-                "elapsed": run.elapsed}
-        with atomic_open(run.cycle.last_ckpt, "wb") as fh:
-            torch.save(ckpt, fh)
+        checkpoint.save_last(run.cycle.last_ckpt, _training_state(run), states)
     run.saved_at = run.iteration
     dist.barrier()  # nobody exits (and gets the job torn down) before the file is complete
 
 
+def _training_state(run: _Run) -> checkpoint.TrainingState:
+    return checkpoint.TrainingState(run.net, run.optimizer, run.scaler, run.iteration, run.total,
+                                    run.info.world_size, run.chash, run.elapsed)
+
+
 def _resume(run: _Run) -> None:
-    path = run.cycle.last_ckpt
-    fix = "delete it to restart training from scratch"
-    ckpt = checkpoint.load_file(path, fix)
-    needed = {"model", "optimizer", "iteration", "rng"}
-    if ckpt.get("version") != CKPT_VERSION or not needed <= ckpt.keys():
-        raise WorkdirError(f"{path}: not an al-det training checkpoint (version 1); {fix}")
-    if ckpt.get("config_hash") != run.chash or ckpt.get("total_iters") != run.total:
-        raise WorkdirError(f"{path}: written for another training config or labeled set; "
-                           f"restore that config or {fix}")
-    try:
-        run.net.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") and run.scaler.is_enabled():
-            run.scaler.load_state_dict(ckpt["scaler"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        reason = str(exc).splitlines()[0]
-        raise WorkdirError(f"{path}: does not fit this model ({reason}); {fix}") from None
-    states = ckpt["rng"]
-    if len(states) != run.info.world_size:
-        log.warning("%s was written by %d processes, now %d: the run continues but will not "
-                    "repeat the uninterrupted one exactly", path, len(states), run.info.world_size)
-    checkpoint.set_rng_state(states[run.info.rank % len(states)])
-    run.iteration = run.saved_at = int(ckpt["iteration"])
-    run.time_before = float(ckpt.get("elapsed", 0.0))
+    state = _training_state(run)
+    checkpoint.resume(run.cycle.last_ckpt, state, run.info.rank)
+    run.iteration = run.saved_at = state.iteration
+    run.time_before = state.elapsed
     if run.info.is_main:
         _trim_log(run.cycle.train_log, run.iteration)
         append_log(run.cycle.train_log, {"event": "resumed", "iter": run.iteration})
         run.cycle.interrupted.unlink(missing_ok=True)
-        log.info("resuming cycle %d from %s at iteration %d of %d", run.k, path, run.iteration,
-                 run.total)
+        log.info("resuming cycle %d from %s at iteration %d of %d", run.k, run.cycle.last_ckpt,
+                 run.iteration, run.total)
 
 
-# ------------------------------------------------------------------------------ final model
 def _save_final(run: _Run) -> Path:
     """Write ``model.pth`` (rank 0), then drop the resumable checkpoint and marker."""
     if run.info.is_main:
-        payload = {"model": run.net.state_dict(), "name": run.cfg.model.name,
-                   "num_classes": len(run.cmap.labels),
-                   "categories": run.cmap.to_json()["categories"],
-                   "cycle": run.k, "iterations": run.total, "config_hash": run.chash,
-                   "train_seconds": round(run.elapsed, 1)}
-        with atomic_open(run.cycle.model, "wb") as fh:
-            torch.save(payload, fh)
+        checkpoint.save_trained(run.cycle.model, run.net, run.cfg.model.name, run.cmap, k=run.k,
+                                iterations=run.total, chash=run.chash, seconds=run.elapsed)
         run.cycle.last_ckpt.unlink(missing_ok=True)
         run.cycle.interrupted.unlink(missing_ok=True)
         log.info("cycle %d trained: %s", run.k, run.cycle.model)

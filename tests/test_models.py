@@ -9,11 +9,13 @@ from torchvision.models._api import WeightsEnum
 
 from al_det import models
 from al_det.config import CHOICES, ModelConfig
-from al_det.errors import ConfigError
+from al_det.errors import AlDetError, ConfigError
+from al_det.model_names import MODEL_NAMES
 
 K = 3  # foreground classes
 FAST = ["tiny_frcnn", "fasterrcnn_mobilenet_v3_large_fpn"]
-SLOW = ["fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssd300_vgg16"]
+SLOW = ["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet101_fpn", "retinanet_resnet50_fpn",
+        "fcos_resnet50_fpn", "ssd300_vgg16"]
 
 
 def _build(name: str, size: int = 64, score_thresh: float = 0.0, **kw: object) -> torch.nn.Module:
@@ -52,7 +54,14 @@ def _check_against_stock(model: torch.nn.Module) -> list[dict[str, torch.Tensor]
 
 
 def test_registry_matches_config_choices() -> None:
-    assert tuple(models.MODELS) == CHOICES["model.name"]
+    assert tuple(models.ADAPTERS) == MODEL_NAMES == CHOICES["model.name"]
+
+
+def test_model_not_built_by_al_det_is_refused() -> None:
+    stock = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=K + 1)
+    with pytest.raises(AlDetError, match="build_model"):
+        models.feature_dim(stock)
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -67,13 +76,50 @@ def test_fast_models_match_stock_detections(name: str) -> None:
 @pytest.mark.parametrize("name", SLOW)
 def test_large_models_match_stock_detections(name: str) -> None:
     model = _build(name)
+    if name == "fasterrcnn_resnet101_fpn":
+        _calibrate_batchnorm(model)
     _check_against_stock(model)
-    expected = {"fasterrcnn_resnet50_fpn": (1024, 256), "retinanet_resnet50_fpn": (256, 256),
+    expected = {"fasterrcnn_resnet50_fpn": (1024, 256), "fasterrcnn_resnet101_fpn": (1024, 256),
+                "retinanet_resnet50_fpn": (256, 256),
                 "fcos_resnet50_fpn": (256, 256), "ssd300_vgg16": (1536, 1536)}[name]
     assert (models.feature_dim(model), models.image_feature_dim(model)) == expected
     models.set_inference_params(model, 0.25, 7)
     target = getattr(model, "roi_heads", model)  # Faster R-CNN keeps them on its RoI heads
     assert (target.score_thresh, target.detections_per_img) == (0.25, 7)
+
+
+def _calibrate_batchnorm(model: torch.nn.Module) -> None:
+    """Set BN running stats to one batch's: ResNet-101's 33 random-init bottlenecks otherwise
+    grow activations to ~1e4 in eval mode, and the RPN keeps no proposal at all."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model.backbone(model.transform(_images())[0].tensors)
+    model.eval()
+
+
+def test_r101_is_resnet101_and_takes_imagenet_backbone_weights(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet101_Weights fetched for the backbone, frozen BN as torchvision does, 23 blocks in
+    layer3 (ResNet-50 has 6)."""
+    calls = []
+    torch.manual_seed(0)
+    state = torchvision.models.resnet101().state_dict()
+
+    def fake_fetch(self: WeightsEnum, *a: object, **kw: object) -> dict:
+        calls.append(self)
+        return state
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_fetch)
+    model = _build("fasterrcnn_resnet101_fpn", weights_backbone="IMAGENET1K_V1")
+    assert calls == [torchvision.models.ResNet101_Weights.IMAGENET1K_V1]
+    body = model.backbone.body
+    assert len(body.layer3) == 23 and isinstance(body.bn1, torchvision.ops.FrozenBatchNorm2d)
+    assert torch.equal(body.layer3[22].conv1.weight, state["layer3.22.conv1.weight"])
+    assert not body.layer1[0].conv1.weight.requires_grad  # 3 trainable layers by default
+    assert body.layer2[0].conv1.weight.requires_grad
 
 
 def test_frcnn_feature_is_box_head_output_of_the_box() -> None:
@@ -174,6 +220,9 @@ def test_trained_model_loads_without_fetching_weights(monkeypatch: pytest.Monkey
         ({"name": "fasterrcnn_resnet50_fpn", "weights": "IMAGENET1K_V1"}, "COCO_V1"),
         ({"name": "retinanet_resnet50_fpn", "weights_backbone": "NOPE"}, "IMAGENET1K_V1"),
         ({"name": "yolo"}, "unknown"),
+        ({"name": "fasterrcnn_resnet101_fpn", "weights": "DEFAULT"}, "model.weights='DEFAULT'"),
+        ({"name": "fasterrcnn_resnet101_fpn", "weights_backbone": "COCO_V1"},
+         "ResNet101_Weights"),
     ],
 )
 def test_bad_model_config_is_a_config_error(kw: dict, match: str) -> None:
