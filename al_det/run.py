@@ -59,8 +59,8 @@ def status_table(workdir: Path) -> str:
     ks = wd.cycles()
     if not ks:
         return f"{wd.root}: no cycle yet (run `al-det init`)"
-    aps = _summary_ap(wd.summary)
-    head = f"{'cycle':>5}  {'labeled':>8}  " + "  ".join(f"{s:>8}" for s in STAGES) + "        AP"
+    name, aps = _summary_ap(wd.summary)
+    head = f"{'cycle':>5}  {'labeled':>8}  " + "  ".join(f"{s:>8}" for s in STAGES) + f"{name:>10}"
     lines = [head]
     for k in ks:
         c = wd.cycle(k)
@@ -78,8 +78,11 @@ def _done(wd: Workdir, k: int, stage: str) -> bool:
     return wd.cycle(k).stage_done(stage)
 
 
-def _summary_ap(path: Path) -> dict[int, float]:
+def _summary_ap(path: Path) -> tuple[str, dict[int, float]]:
+    """The headline column of summary.csv (AP, or mAP for voc07) and its defined values."""
     if not path.exists():
-        return {}
+        return "AP", {}
     with open(path, newline="") as fh:
-        return {int(r["cycle"]): float(r["AP"]) for r in csv.DictReader(fh)}
+        reader = csv.DictReader(fh)
+        name = "mAP" if "mAP" in (reader.fieldnames or ()) else "AP"
+        return name, {int(r["cycle"]): float(r[name]) for r in reader if r.get(name)}
