@@ -96,6 +96,8 @@ def config_hash(cfg: ExperimentConfig, k: int, image_ids: list[int]) -> str:
     train = dataclasses.asdict(cfg.train)
     for key in ("workers", "checkpoint_every"):
         train.pop(key)
+    if train["augment"] == "hflip":
+        del train["augment"]  # the default: checkpoints written before the key existed fit
     blob = {"seed": cfg.seed, "cycle": k, "model": dataclasses.asdict(cfg.model), "train": train,
             "images": image_ids}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -200,7 +202,8 @@ def _dataset(wd: Workdir, cycle: Cycle, k: int,
         raise WorkdirError(f"{cycle.labeled}: no labeled images to train on")
     # the data seed is a function of (seed, cycle): each cycle sees its own order and flips
     seed = int(np.random.SeedSequence([cfg.seed % 2**32, k]).generate_state(1)[0])
-    return data.DetectionDataset(labeled, cfg.data.pool_images, cmap, cfg.train.hflip, seed), cmap
+    return data.DetectionDataset(labeled, cfg.data.pool_images, cmap, cfg.train.hflip, seed,
+                                 cfg.train.augment), cmap
 
 
 def _seed_all(seed: int) -> None:
