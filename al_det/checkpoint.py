@@ -108,6 +108,8 @@ def config_hash(cfg: ExperimentConfig, k: int, image_ids: list[int]) -> str:
     train = dataclasses.asdict(cfg.train)
     for key in ("workers", "checkpoint_every"):
         train.pop(key)
+    if train["augment"] == "hflip":
+        del train["augment"]  # the default: checkpoints written before the key existed fit
     blob = {"seed": cfg.seed, "cycle": k, "model": dataclasses.asdict(cfg.model), "train": train,
             "images": image_ids}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

@@ -97,8 +97,61 @@ def _stage_command(stage: str, summary: str) -> None:
 
 
 _stage_command("train", "Train the detector on the cycle's labeled split (torchrun: DDP).")
-_stage_command("evaluate", "COCO AP of the cycle's model on the test set -> metrics.json, "
-                           "summary.csv.")
+
+
+@main.command()
+@click.option("-w", "--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Work-dir mode: evaluate the cycle's model (config: evaluate.metric).")
+@cycle_opt
+@force_opt
+@click.option("--gt", type=click.Path(dir_okay=False, path_type=Path),
+              help="File mode: the ground truth, COCO JSON.")
+@click.option("--dets", type=click.Path(dir_okay=False, path_type=Path),
+              help="File mode: any detector's results, a COCO results JSON list.")
+@click.option("--metric", type=click.Choice(["coco", "voc07"]), default=None,
+              help="File mode: coco (pycocotools AP, default) or voc07 (VOC 2007 11-point mAP).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="File mode: write the metrics as JSON here.")
+@_friendly
+def evaluate(workdir: Path | None, cycle: int | None, force: bool, gt: Path | None,
+             dets: Path | None, metric: str | None, output: Path | None) -> None:
+    """Metrics of the cycle's model on the test set, or of any results file.
+
+    \b
+    Work-dir mode:  al-det evaluate -w WORKDIR [--cycle K]   -> metrics.json, summary.csv
+    File mode:      al-det evaluate --gt GT.json --dets DETS.json [--metric coco|voc07] \\
+                        [--output METRICS.json]   (never imports torch)
+    """
+    import warnings
+
+    from al_det.errors import ConfigError
+
+    given = [f"--{n}" for n, v in (("gt", gt), ("dets", dets), ("metric", metric),
+                                   ("output", output)) if v is not None]
+    if workdir is not None:
+        if given:
+            raise ConfigError(f"evaluate: -w WORKDIR cannot be combined with {', '.join(given)}"
+                              " (the work dir's config sets evaluate.metric)")
+        from al_det.stages import run_stage
+
+        run_stage("evaluate", workdir, cycle, force)
+        return
+    if cycle is not None or force:
+        raise ConfigError("evaluate: --cycle and --force need -w WORKDIR")
+    if gt is None or dets is None:
+        missing = [f"--{n}" for n, v in (("gt", gt), ("dets", dets)) if v is None]
+        raise ConfigError(f"evaluate needs -w WORKDIR, or --gt GT.json and --dets DETS.json "
+                          f"(missing {' and '.join(missing)})")
+    from al_det.evaluate import evaluate_files, format_scores
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = evaluate_files(gt, dets, metric or "coco", output)
+    for w in caught:  # one plain line each, not Python's source-location format
+        click.echo(f"al-det: warning: {w.message}", err=True)
+    click.echo(format_scores(scores) + (f"\n-> {output}" if output is not None else ""))
+
+
 _stage_command("infer", "Detections + instance features on the unlabeled pool -> the cycle's "
                         "dump.")
 

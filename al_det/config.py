@@ -69,9 +69,15 @@ class TrainConfig:
     warmup_factor: float = 0.001
     amp: bool = True  # mixed precision, used on CUDA only
     hflip: float = 0.5  # probability of a horizontal flip
+    augment: str = "hflip"  # hflip: flips only | ssd: SSD's recipe (al_det/augment.py)
     workers: int = 2
     checkpoint_every: int = 200  # iterations between resumable checkpoints
     clip_grad: float | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    metric: str = "coco"  # coco: pycocotools AP | voc07: VOC 2007 11-point mAP (al_det/voc07.py)
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     acquire: AcquireConfig = field(default_factory=AcquireConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
@@ -129,6 +136,8 @@ CHOICES = {
     "mode": ("simulation", "labelling"),
     "acquire.strategy": tuple(STRATEGIES),
     "infer.feature_dtype": ("float16", "float32"),
+    "train.augment": ("hflip", "ssd"),
+    "evaluate.metric": ("coco", "voc07"),
     "model.name": MODEL_NAMES,  # the keys of al_det.models.ADAPTERS
 }
 UNIT_INTERVAL = (

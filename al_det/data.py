@@ -7,9 +7,11 @@ name the file and image id); writes nothing. Images come out as float ``[3, H, W
 
 Training randomness is a pure function of ``(seed, epoch, position)``, not of any RNG state:
 the epoch's order is a permutation seeded by ``(seed, epoch)`` and each image's horizontal flip
-is decided by a hash of ``(seed, epoch, index)``. So a run resumed at any iteration repeats
-exactly what the uninterrupted run would have done, and the data order does not depend on the
-number of processes (every rank takes its slice of the same global batch).
+is decided by a hash of ``(seed, epoch, index)`` (with ``augment="ssd"``, SSD's whole recipe,
+:mod:`al_det.augment`, draws from a torch generator seeded by the same triple). So a run
+resumed at any iteration repeats exactly what the uninterrupted run would have done, and the
+data order does not depend on the number of processes (every rank takes its slice of the same
+global batch).
 """
 
 from __future__ import annotations
@@ -44,18 +46,26 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 class DetectionDataset(Dataset):
     """Images of a COCO split dict with their training targets.
 
-    Items are looked up by ``index`` (no flip) or by ``(index, epoch)`` as the training batch
-    sampler yields them, so the flip depends only on ``(seed, epoch, index)``. Without a
-    ``categories`` map the target holds only ``image_id`` (inference on an unlabeled pool).
+    Items are looked up by ``index`` (no augmentation) or by ``(index, epoch)`` as the
+    training batch sampler yields them, so the flip (``augment="hflip"``) or SSD's recipe
+    (``augment="ssd"``, with flips of probability ``hflip``) depends only on
+    ``(seed, epoch, index)``. Without a ``categories`` map the target holds only ``image_id``
+    (inference on an unlabeled pool).
     """
 
     def __init__(self, coco: dict, images_root: str | Path, categories: CategoryMap | None = None,
-                 hflip: float = 0.0, seed: int = 0):
+                 hflip: float = 0.0, seed: int = 0, augment: str = "hflip"):
         self.images = coco["images"]
         self.root = Path(images_root)
         self.categories = categories
         self.hflip = hflip
         self.seed = seed
+        self.augment = augment
+        self._ssd = None
+        if augment == "ssd" and categories is not None:
+            from al_det import augment as ssd
+
+            self._ssd = ssd.ssd_transform(hflip)
         self.anns: dict[Any, list[dict]] = {im["id"]: [] for im in self.images}
         for ann in coco.get("annotations", []):
             if not ann.get("iscrowd", 0):  # crowd regions are for evaluation only
@@ -69,10 +79,14 @@ class DetectionDataset(Dataset):
         record = self.images[index]
         pil = load_image(self.root / record["file_name"], record["id"])
         image = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
-        image = image.float().div_(255.0)
         target: dict[str, Any] = {"image_id": record["id"]}
         if self.categories is not None:
             target.update(self._boxes_labels(record))
+        if epoch is not None and self._ssd is not None:
+            from al_det.augment import augment
+
+            return augment(image, target, self._ssd, self.seed, epoch, index)
+        image = image.float().div_(255.0)
         if epoch is not None and flip_decision(self.seed, epoch, index, self.hflip):
             image, target = hflip(image, target)
         return image, target

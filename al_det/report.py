@@ -1,4 +1,4 @@
-"""``al-det report``: the AP curve of a work dir, as a PNG.
+"""``al-det report``: the AP (or VOC07 mAP) curve of a work dir, as a PNG.
 
 Reads ``WORKDIR/summary.csv``; writes ``WORKDIR/curve.png`` (or the given path) atomically.
 matplotlib is optional (``pip install "al-det[plot]"``).
@@ -26,10 +26,12 @@ def plot_summary(workdir: Path, output: Path | None = None) -> Path:
     except ImportError:
         raise AlDetError('report needs matplotlib: pip install "al-det[plot]"') from None
     rows = read_summary(wd.summary)
-    x = [100 * float(r["labeled_fraction"]) for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key in ("AP", "AP50"):
-        ax.plot(x, [100 * float(r[key]) for r in rows], marker="o", label=key)
+    for key in ("AP", "AP50", "mAP"):  # COCO columns, or VOC07's mAP; empty cells: undefined
+        points = [(100 * float(r["labeled_fraction"]), 100 * float(r[key]))
+                  for r in rows if r.get(key)]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=key)
     ax.set_xlabel("labeled images (% of pool)")
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)

@@ -70,8 +70,10 @@ def status_table(workdir: Path) -> str:
     if not ks:
         return f"{wd.root}: no cycle yet (run `al-det init`)"
     mode = load_frozen(wd).mode
-    aps = {int(r["cycle"]): r["AP"] for r in read_summary(wd.summary)}
-    head = f"{'cycle':>5}  {'labeled':>8}  " + "  ".join(f"{s:>8}" for s in STAGES) + "        AP"
+    rows = read_summary(wd.summary)
+    name = "mAP" if rows and "mAP" in rows[0] else "AP"
+    aps = {int(r["cycle"]): r[name] for r in rows}
+    head = f"{'cycle':>5}  {'labeled':>8}  " + "  ".join(f"{s:>8}" for s in STAGES) + f"{name:>10}"
     lines = [head]
     for k in ks:
         done = ["done" if wd.stage_done(k, s, mode) else "-" for s in STAGES]

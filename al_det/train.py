@@ -182,7 +182,8 @@ def _dataset(wd: Workdir, cycle: Cycle, k: int,
         raise WorkdirError(f"{cycle.labeled}: no labeled images to train on")
     # the data seed is a function of (seed, cycle): each cycle sees its own order and flips
     seed = int(np.random.SeedSequence([cfg.seed % 2**32, k]).generate_state(1)[0])
-    return data.DetectionDataset(labeled, cfg.data.pool_images, cmap, cfg.train.hflip, seed), cmap
+    return data.DetectionDataset(labeled, cfg.data.pool_images, cmap, cfg.train.hflip, seed,
+                                 cfg.train.augment), cmap
 
 
 def _seed_all(seed: int) -> None:

@@ -26,7 +26,8 @@ Conventions (all deterministic, so a rerun writes the same bytes):
   as misses and ignores detections matched to them, as VOC's evaluation does for difficult
   objects, and al-det never trains on crowd annotations (VOC practice, also in the SSD code of
   Learning Loss). One difference remains: pycocotools matches a detection to a crowd box by
-  intersection over the detection's area, VOC by IoU.
+  intersection over the detection's area, VOC by IoU; ``evaluate.metric: voc07`` (al-det's
+  VOC 2007 mAP) matches by IoU, as VOC does.
 
 Any missing split file, annotation, image or malformed XML stops the conversion with one line
 naming the file. Standard library and al_det only; the JSON is written atomically.

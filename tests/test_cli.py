@@ -95,6 +95,8 @@ def test_one_cycle_by_hand(tmp_path: Path) -> None:
     assert metrics["AP"] == pytest.approx(cocoeval_ap(wd / "data" / "test.json",
                                                       load(c0 / "detections.json")))
     assert (wd / "summary.csv").read_text().splitlines()[0].startswith("cycle,labeled_images")
+    assert metrics["metric"] == "coco"
+    assert set(metrics["per_class"]) == {c["name"] for c in pool["categories"]}
 
     cli("infer", "-w", str(wd))
     check_dump(c0 / "dump", unlabeled)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from al_det.evaluate import METRICS, coco_metrics, update_summary
+from al_det.evaluate import coco_metrics
+from al_det.metrics import COCO_METRICS as METRICS
+from al_det.summary import update_summary
 
 GT = {
     "images": [{"id": 5, "file_name": "a.png", "width": 100, "height": 100},
@@ -57,3 +59,21 @@ def test_summary_row_replaced_and_sorted(tmp_path: Path) -> None:
     update_summary(path, {**row, "AP": 0.7})
     rows = list(csv.DictReader(path.open()))
     assert [r["cycle"] for r in rows] == ["0", "1"] and rows[1]["AP"] == "0.7"
+
+
+def test_summary_undefined_is_an_empty_cell_and_voc07_has_map(tmp_path: Path) -> None:
+    from al_det.summary import summary_fields
+
+    path = tmp_path / "summary.csv"
+    row = {"cycle": 0, "labeled_images": 10, "labeled_fraction": 0.1,
+           **dict.fromkeys(METRICS, 0.5), "APs": -1.0, "APm": None}
+    update_summary(path, row)
+    assert path.read_text().splitlines()[1] == "0,10,0.1,0.5,0.5,0.5,,,0.5"
+    voc = tmp_path / "voc.csv"
+    fields = summary_fields("voc07")
+    update_summary(voc, {"cycle": 0, "labeled_images": 3, "labeled_fraction": 0.5,
+                         "mAP": 0.25}, fields)
+    update_summary(voc, {"cycle": 1, "labeled_images": 4, "labeled_fraction": 0.6,
+                         "mAP": None}, fields)
+    assert voc.read_text().splitlines() == [
+        "cycle,labeled_images,labeled_fraction,mAP", "0,3,0.5,0.25", "1,4,0.6,"]

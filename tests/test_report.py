@@ -7,7 +7,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from al_det.cli import main
-from al_det.evaluate import METRICS, update_summary
+from al_det.metrics import COCO_METRICS as METRICS
+from al_det.summary import update_summary
 
 
 def test_report_writes_png(tmp_path: Path) -> None:
