@@ -303,6 +303,27 @@ def run(config_path: Path | None, workdir: Path, overrides: tuple[str, ...], for
     run_experiment(config_path, workdir, overrides, force=force)
 
 
+@main.command(name="config")
+@click.option("-w", "--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Print this work dir's frozen config instead of the defaults.")
+@_friendly
+def config_command(workdir: Path | None) -> None:
+    """Print the full default config with every key commented (or a work dir's frozen one).
+
+    \b
+    Example:  al-det config > my.yaml   (edit, then: al-det run -c my.yaml -w runs/my)
+    """
+    from al_det.config import DEFAULT_CONFIG
+    from al_det.workdir import Workdir, load_frozen
+
+    if workdir is None:
+        click.echo(DEFAULT_CONFIG.read_text(), nl=False)
+        return
+    wd = Workdir(workdir)
+    load_frozen(wd)  # names a folder that is no work dir
+    click.echo(wd.config.read_text(), nl=False)
+
+
 @main.command()
 @workdir_opt
 @_friendly

@@ -175,6 +175,9 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")  # every key, commented
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
     """Load ``path`` and apply ``--set`` overrides; relative data paths resolve against it."""
     path = Path(path)

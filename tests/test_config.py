@@ -120,3 +120,20 @@ def test_acquire_defaults_match_the_strategies() -> None:
         for f in dataclasses.fields(cls):
             if f.name in defaults:
                 assert f.default == defaults[f.name], (name, f.name)
+
+
+def test_default_yaml_is_every_key_with_its_default_and_a_comment() -> None:
+    import yaml
+
+    from al_det.config import CHOICES, DEFAULT_CONFIG, ExperimentConfig, to_dict
+
+    text = DEFAULT_CONFIG.read_text()
+    assert yaml.safe_load(text) == to_dict(ExperimentConfig())
+    keys = [line for line in text.splitlines() if line and not line.lstrip().startswith("#")]
+    assert all(" # " in line for line in keys), [k for k in keys if " # " not in k]
+    tree = to_dict(ExperimentConfig())  # a line per key and per section
+    assert len(keys) == sum(1 + len(v) if isinstance(v, dict) else 1 for v in tree.values())
+    for key in ("acquire.strategy", "model.name"):  # the comment lists every choice
+        section, name = key.split(".")
+        line = next(x for x in keys if x.strip().startswith(f"{name}:") and x.startswith("  "))
+        assert line.split("#", 1)[1].strip().split(" | ") == list(CHOICES[key]), key
