@@ -52,7 +52,7 @@ set_opt = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="al-det")
 def main() -> None:
     """Active learning for object detection: ENMS + DivProto (CVPR 2022) and baselines.
@@ -71,7 +71,11 @@ def main() -> None:
 @force_opt
 @_friendly
 def init(config_path: Path, workdir: Path, overrides: tuple[str, ...], force: bool) -> None:
-    """Validate the data and config, freeze them, and write cycle 0's splits."""
+    """Validate the data and config, freeze them, and write cycle 0's splits.
+
+    \b
+    Example:  al-det init -c configs/coco_frcnn.yaml -w runs/coco
+    """
     from al_det.init import describe, run_init
     from al_det.workdir import Workdir, locked_workdir
 
@@ -80,7 +84,7 @@ def init(config_path: Path, workdir: Path, overrides: tuple[str, ...], force: bo
     click.echo(describe(Workdir(workdir)))
 
 
-def _stage_command(stage: str, summary: str) -> None:
+def _stage_command(stage: str, summary: str, example: str) -> None:
     """Register ``al-det <stage>``: the torch stages share their options and runner."""
 
     @workdir_opt
@@ -92,11 +96,12 @@ def _stage_command(stage: str, summary: str) -> None:
 
         run_stage(stage, workdir, cycle, force)
 
-    command.__doc__ = summary
+    command.__doc__ = f"{summary}\n\n\b\nExample:  {example}\n"
     main.command(name=stage)(command)
 
 
-_stage_command("train", "Train the detector on the cycle's labeled split (torchrun: DDP).")
+_stage_command("train", "Train the detector on the cycle's labeled split (torchrun: DDP).",
+               "torchrun --nproc_per_node 8 -m al_det train -w runs/coco [--cycle K]")
 
 
 @main.command()
@@ -153,7 +158,7 @@ def evaluate(workdir: Path | None, cycle: int | None, force: bool, gt: Path | No
 
 
 _stage_command("infer", "Detections + instance features on the unlabeled pool -> the cycle's "
-                        "dump.")
+                        "dump.", "al-det infer -w runs/coco [--cycle K]")
 
 
 class StrategyChoice(click.Choice):
@@ -328,7 +333,11 @@ def config_command(workdir: Path | None) -> None:
 @workdir_opt
 @_friendly
 def status(workdir: Path) -> None:
-    """Print the cycle x stage table of a work dir."""
+    """Print the cycle x stage table of a work dir and what to run next.
+
+    \b
+    Example:  al-det status -w runs/demo
+    """
     from al_det.run import status_table
 
     click.echo(status_table(workdir))
@@ -340,7 +349,11 @@ def status(workdir: Path) -> None:
               help="PNG path (default WORKDIR/curve.png).")
 @_friendly
 def report(workdir: Path, output: Path | None) -> None:
-    """Plot AP over the labeled fraction (needs matplotlib: pip install al-det[plot])."""
+    """Plot AP over the labeled fraction (needs matplotlib: pip install al-det[plot]).
+
+    \b
+    Example:  al-det report -w runs/demo   -> runs/demo/curve.png
+    """
     from al_det.report import plot_summary
 
     click.echo(plot_summary(workdir, output))

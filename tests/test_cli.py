@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -195,3 +196,16 @@ def test_changed_library_versions_refused_unless_forced(tmp_path: Path) -> None:
     assert "cycle_000/dump: not found" in forced.output  # past the check, stopped by the dump
     history = [json.loads(line) for line in (wd / "history.jsonl").read_text().splitlines()]
     assert history[0]["forced"] == "versions" and "torch: 1.0.0" in history[0]["changes"][0]
+
+
+def test_every_command_has_an_example_and_shows_defaults() -> None:
+    for name, command in main.commands.items():
+        text = CliRunner().invoke(main, [name, "--help"]).output
+        assert "al-det " in text.split("Options:")[0], name  # an example command line
+        for param in command.params:
+            default = param.get_default(click.Context(command))
+            if isinstance(param, click.Option) and default not in (None, False, ()):
+                assert f"[default: {param.default}]" in " ".join(text.split()), (name, param)
+    strategies = CliRunner().invoke(main, ["acquire", "--help"]).output
+    from al_det.strategies import STRATEGIES
+    assert "|".join(STRATEGIES) in "".join(strategies.split())
