@@ -101,7 +101,8 @@ def _stage_command(stage: str, summary: str, example: str) -> None:
 
 
 _stage_command("train", "Train the detector on the cycle's labeled split (torchrun: DDP).",
-               "torchrun --nproc_per_node 8 -m al_det train -w runs/coco [--cycle K]")
+               "al-det train -w runs/coco [--cycle K]\n"
+               "on 8 GPUs: torchrun --nproc_per_node 8 -m al_det train -w runs/coco")
 
 
 @main.command()
