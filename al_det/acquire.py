@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ class Selection:
     keys: tuple
     reasons: tuple
     note: str = ""
+    # the selected image records and the dump's categories: the COCO file of the selection
+    images: tuple = dataclasses.field(default=(), repr=False)
+    categories: tuple = dataclasses.field(default=(), repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -104,9 +108,10 @@ def select_images(dump: Dump, labeled: Mapping[str, Any], budget: int,
     ids = dump.image_ids
     resolved = dataclasses.asdict(strategy)
     name = next(k for k, v in STRATEGIES.items() if type(strategy) is v)
-    return Selection(name, resolved, resolved.get("seed"),
-                     tuple(ids[cand_rows[i]] for i in picked.order),
-                     tuple(picked.keys), tuple(picked.reasons), picked.note)
+    rows = [int(cand_rows[i]) for i in picked.order]
+    return Selection(name, resolved, resolved.get("seed"), tuple(ids[r] for r in rows),
+                     tuple(picked.keys), tuple(picked.reasons), picked.note,
+                     tuple(dump.images[r] for r in rows), tuple(dump.categories))
 
 
 def _check_categories(dump: Dump, labeled: Mapping[str, Any]) -> None:
@@ -130,12 +135,26 @@ def streaming_ahead(dump: Path, strategy: Strategy) -> Iterator[PassAhead | None
         yield ahead
 
 
-def coco_selection(selection: Selection, images: Sequence[dict],
-                   categories: Sequence[dict]) -> dict:
+def coco_selection(selection: Selection) -> dict:
     """The COCO dict of the selection: images in selection order, no annotations."""
-    by_id = {im["id"]: im for im in images}
-    return {"images": [by_id[i] for i in selection.image_ids],
-            "categories": list(categories), "annotations": []}
+    return {"images": list(selection.images), "categories": list(selection.categories),
+            "annotations": []}
+
+
+def select(dump: str | os.PathLike | Dump, labeled: str | os.PathLike | Mapping[str, Any],
+           strategy: str, budget: int, **params: Any) -> Selection:
+    """The Python API of acquisition: select ``budget`` images of ``dump`` (a dump folder or a
+    :class:`~al_det.dump.Dump`) that are not in ``labeled`` (a COCO file or dict) with
+    ``strategy`` and its parameters, e.g. ``select("dump", "labeled.json", "enms_divproto",
+    100, t_intra=0.6)``. ``al-det acquire --dets`` is this plus the writing of the files."""
+    strat = make_strategy(strategy, params)  # cheap checks before reading a large dump
+    if isinstance(dump, Dump):
+        lab = labeled if isinstance(labeled, Mapping) else load_labeled(Path(labeled))
+        return select_images(dump, lab, budget, strat)
+    with streaming_ahead(Path(dump), strat) as ahead:
+        lab = labeled if isinstance(labeled, Mapping) else load_labeled(Path(labeled))
+        opened = read_dump(dump, check_features=False)  # features are checked while streamed
+        return select_images(opened, lab, budget, strat, ahead=ahead)
 
 
 # -------------------------------------------------------------------------------- file mode
@@ -193,13 +212,10 @@ def run_acquire_standalone(dets: Path, labeled: Path, budget: int, strategy: str
     """`al-det acquire --dets`: read, select, then write OUT.json and OUT.selection.json
     (OUT.json, the final file, last)."""
     output = Path(output)
-    strat = make_strategy(strategy, params)  # cheap checks before reading a large dump
+    make_strategy(strategy, params)  # cheap checks first
     check_output(output)
-    with streaming_ahead(Path(dets), strat) as ahead:
-        lab = load_labeled(Path(labeled))
-        dump = read_dump(dets, check_features=False)  # features are checked while streamed
-        sel = select_images(dump, lab, budget, strat, ahead=ahead)
-    coco_out = coco_selection(sel, dump.images, dump.categories)
+    sel = select(dets, labeled, strategy, budget, **params)
+    coco_out = coco_selection(sel)
     side = selection_path(output)
     write_json(side, sel.to_json(), indent=1)
     try:
@@ -242,8 +258,7 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
                       cfg.label.preannotation_thresh, url_prefix=cfg.label.image_url_prefix,
                       model_version=f"{cfg.name} cycle {k} {cfg.model.name}")
         # to_label.json last: it marks the acquisition as done
-        write_json(cycle.to_label, coco_selection(selection, unlabeled["images"],
-                                                  unlabeled["categories"]))
+        write_json(cycle.to_label, coco_selection(selection))
         log.info("cycle %d: %d images to label in %s", k, budget, cycle.to_label)
         return selection
     nxt_labeled, nxt_unlabeled = splits.next_splits(pool, labeled, unlabeled,

@@ -83,3 +83,18 @@ def test_output_under_a_regular_file_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert f"{tmp_path / 'X'} is a file, not a folder" in result.output
     assert (tmp_path / "X").read_text() == "not a folder"
+
+
+def test_python_api_select_is_what_the_command_selects(tmp_path: Path) -> None:
+    import al_det
+
+    dets, labeled = make_inputs(tmp_path)
+    sel = al_det.select(dets, labeled, "entropy", 2)
+    assert list(sel.image_ids) == [4, 2] and sel.reasons == ("main", "main")
+    same = al_det.select(al_det.read_dump(dets), json.loads(labeled.read_text()), "entropy", 2)
+    assert same.image_ids == sel.image_ids and same.keys == sel.keys
+    out = tmp_path / "next.json"
+    CliRunner().invoke(main, ["acquire", "--dets", str(dets), "--labeled", str(labeled),
+                              "--budget", "2", "--strategy", "entropy", "--output", str(out)])
+    assert [im["id"] for im in json.loads(out.read_text())["images"]] == list(sel.image_ids)
+    assert [im["file_name"] for im in sel.images] == ["4.jpg", "2.jpg"]
