@@ -142,6 +142,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def load_file(path: Path, fix: str) -> dict:
     """``torch.load(weights_only=True)`` or a WorkdirError naming the file."""
+    if not Path(path).exists():
+        raise WorkdirError(f"{path}: not found; {fix}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types on a bad file
@@ -150,6 +152,14 @@ def load_file(path: Path, fix: str) -> dict:
     if not isinstance(obj, dict):
         raise WorkdirError(f"{path}: not an al-det checkpoint; {fix}")
     return obj
+
+
+def check_trained(path: Path) -> None:
+    """A ``model.pth`` that exists must load: a truncated or foreign one is named, with what to
+    do, rather than taken for a trained cycle."""
+    ckpt = load_file(path, "the cycle is not trained: delete it to retrain (`al-det train`)")
+    if "model" not in ckpt:
+        raise WorkdirError(f"{path}: not an al-det model file; delete it to retrain")
 
 
 def load_trained(path: Path, cfg: ExperimentConfig, num_classes: int,
@@ -162,6 +172,8 @@ def load_trained(path: Path, cfg: ExperimentConfig, num_classes: int,
     from al_det.models import build_model
 
     path = Path(path)
+    if not path.exists():
+        raise WorkdirError(f"{path}: not found: this cycle is not trained yet; run `al-det train`")
     fix = "delete it and rerun `al-det train` for this cycle"
     ckpt = load_file(path, fix)
     if "model" not in ckpt:

@@ -32,6 +32,11 @@ def run_infer(wd: Workdir, k: int, cfg: ExperimentConfig) -> Path:
 
     cycle = wd.cycle(k)
     if (cycle.dump / "meta.json").exists():
+        try:  # done, if it reads: a damaged dump is named, not taken for a finished stage
+            read_dump(cycle.dump, check_features=False)
+        except DumpError as exc:
+            raise DumpError(f"{exc}; the cycle's dump is damaged: delete {cycle.dump} and rerun "
+                            "`al-det infer`") from None
         return cycle.dump
     unlabeled = read_split(cycle.unlabeled)
     size = cfg.infer.chunk_size

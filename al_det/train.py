@@ -131,6 +131,7 @@ def run_train(wd: Workdir, k: int, cfg: ExperimentConfig, *,
     cycle = wd.cycle(k)
     info = dist.init_distributed(cfg.device)
     if cycle.model.exists():
+        checkpoint.check_trained(cycle.model)
         if info.is_main:
             log.info("%s exists: cycle %d is trained", cycle.model, k)
         return cycle.model

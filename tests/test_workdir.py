@@ -171,3 +171,21 @@ def test_stage_state_has_one_definition(tmp_path: Path) -> None:
     assert wd.stage_done(0, "acquire") and not wd.stage_done(0, "acquire", "labelling")
     with pytest.raises(Exception, match="unknown stage 'trian'"):
         wd.stage_done(0, "trian")
+
+
+def test_a_stage_whose_final_file_is_damaged_says_so(tmp_path: Path) -> None:
+    wd = init(tmp_path)
+    model = wd / "cycle_000" / "model.pth"
+    code, out = invoke("infer", "-w", str(wd))  # no model yet: missing, not "corrupted"
+    one_line_error(code, out, f"{model}: not found: this cycle is not trained yet",
+                   "al-det train")
+    model.write_bytes(b"PK\x03\x04 truncated")
+    code, out = invoke("train", "-w", str(wd))
+    one_line_error(code, out, f"{model}: corrupted or unreadable", "delete it to retrain")
+    assert model.read_bytes() == b"PK\x03\x04 truncated"
+    model.unlink()
+    hand_dump(wd)
+    scores = wd / "cycle_000" / "dump" / "scores.npy"
+    scores.write_bytes(scores.read_bytes()[:-8])
+    code, out = invoke("infer", "-w", str(wd))
+    one_line_error(code, out, "scores.npy", "the cycle's dump is damaged: delete")
