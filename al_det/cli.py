@@ -108,7 +108,8 @@ _stage_command("infer", "Detections + instance features on the unlabeled pool ->
 @click.option("--labeled", type=click.Path(dir_okay=False, path_type=Path),
               help="File mode: the labeled set S as COCO JSON.")
 @click.option("--budget", type=int, help="File mode: number of images to select.")
-@click.option("--strategy", help="random | entropy | enms | divproto | enms_divproto | coreset")
+@click.option("--strategy", help="random | entropy | enms | divproto | enms_divproto | coreset"
+              " | learning_loss | cdal | external")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="File mode: the COCO JSON of selected images (and OUT.selection.json).")
 @click.option("--seed", type=int, default=None, help="Seed of random selection.")

@@ -93,6 +93,7 @@ class AcquireConfig:
     intra_missing: str = "novel"
     intra: bool = True
     inter: bool = True
+    scores: str | None = None  # external: CSV file image_id,score
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ class ExperimentConfig:
 
 CHOICES = {
     "mode": ("simulation", "labelling"),
-    "acquire.strategy": ("random", "entropy", "enms", "divproto", "enms_divproto", "coreset"),
+    "acquire.strategy": ("random", "entropy", "enms", "divproto", "enms_divproto", "coreset",
+                         "learning_loss", "cdal", "external"),
     "acquire.intra_missing": ("novel", "skip"),
     "infer.feature_dtype": ("float16", "float32"),
     "model.name": (
