@@ -26,7 +26,7 @@ from ..kernels import as_kernel_input
 from ..kernels_cdal import count_classes, greedy_step, initial_distances, mixtures, qlogq_table
 from .base import Picked, Pool
 
-BLOCK = 1024  # candidates per task of the initial-distance pass
+BLOCK = 1024  # candidates per task of the initial-distance pass (blocked inside, see kernel)
 WORKERS = 2
 
 
