@@ -1,17 +1,17 @@
 """Benchmark acquisition on a synthetic detections dump of a given size.
 
 Writes (once; reused when it exists) a synthetic dump under ``--out``, streamed in chunks so
-that a COCO-scale pool (94,630 images x 50 detections x 1024 float16, ~9.7 GB) is never held
-in memory, plus a labeled COCO file (a quarter of the pool's size). The optional arrays come
-with the strategies that read them: ``loss_pred.npy`` for ``learning_loss``; for ``cdal`` a
-second dump, ``dump-lab``, holds the same number of candidates and the labeled images too
-(their detections are cdal's initial centres), with ``probs.npy`` over the classes (float16,
-softmax of logits peaked at each detection's label). It has the compiled kernels built (or
-loaded from numba's disk cache) once, untimed: a one-off on the first use after installing,
-shown apart. Then, each in a fresh subprocess so that peak memory is per measurement, it
-times one plain sequential read of features.npy and every strategy asked for, through the
-library entry point of ``al-det acquire`` (dump reading and validation included), printing
-wall time, images/s and peak RSS (``ru_maxrss``, as ``/usr/bin/time -v`` reports it).
+that a COCO-scale pool (94,630 images x 50 detections x 1024 float16, ~9.7 GB) is never held in
+memory, plus a labeled COCO file (a quarter of the pool's size). The optional arrays come with
+the strategies that read them: ``loss_pred.npy`` for ``learning_loss``; when ``cdal`` is asked,
+the run's dump is ``dump-lab``, which holds the same number of candidates and the labeled
+images too (their detections are cdal's initial centres), with ``probs.npy`` over the classes
+(float16, softmax of logits peaked at each detection's label). It has the compiled kernels
+built (or loaded from numba's disk cache) once, untimed: a one-off on the first use after
+installing, shown apart. Then, each in a fresh subprocess so that peak memory is per
+measurement, it times one plain sequential read of features.npy and every strategy asked for,
+through the library entry point of ``al-det acquire`` (dump reading and validation included),
+printing wall time, images/s and peak RSS (``ru_maxrss``, as ``/usr/bin/time -v`` reports it).
 ``--cold`` evicts the dump from the page cache before each measurement (posix_fadvise
 DONTNEED), to time reads from disk.
 
@@ -45,16 +45,17 @@ def _write_npy_header(fh, dtype, shape) -> None:
 LAB_DUMP = {"cdal"}  # strategies whose initial centres are the labeled images: in the dump
 
 
-def dump_dir(out: Path, strategy: str) -> Path:
-    """The dump a strategy is timed on: ``dump`` (the candidates), ``dump-lab`` (the same
-    candidates and the labeled images, for cdal; with probs.npy), ``coreset-dump``."""
+def dump_dir(out: Path, strategy: str, strategies: list[str]) -> Path:
+    """The dump a strategy is timed on: ``coreset-dump`` for coreset; else ``dump-lab`` (the
+    candidates and the labeled images, with probs.npy) when cdal is among ``strategies``, so
+    that one dump serves the whole run, and ``dump`` (the candidates only) otherwise."""
     if strategy == "coreset":
         return out / "coreset-dump"
-    return out / ("dump-lab" if strategy in LAB_DUMP else "dump")
+    return out / ("dump-lab" if LAB_DUMP & set(strategies) else "dump")
 
 
 def generate(args) -> None:
-    """Write the synthetic dumps the asked strategies need (each reused when it exists), the
+    """Write the synthetic dump the asked strategies need (reused when it exists), the
     labeled file, and the optional arrays: probs.npy for cdal, loss_pred.npy for
     learning_loss."""
     out = Path(args.out)
@@ -62,16 +63,16 @@ def generate(args) -> None:
     n_lab = max(1, args.images // 4)
     if not (out / "labeled.json").exists():
         _labeled(out, n_lab, args.classes)
-    if any(s not in LAB_DUMP for s in strategies):
+    if "coreset" in strategies:
         _write_dump(out / "dump", args, with_labeled=0)
         _image_features(out / "dump", args.images)
-        if "coreset" in strategies:
-            _coreset_dump(out)
-        if "learning_loss" in strategies:
-            _loss_pred(out / "dump")
-    if any(s in LAB_DUMP for s in strategies):
-        _write_dump(out / "dump-lab", args, with_labeled=n_lab)
-        _probs(out / "dump-lab", args.classes)
+        _coreset_dump(out)
+    dump = dump_dir(out, "", strategies)
+    _write_dump(dump, args, with_labeled=n_lab if dump.name == "dump-lab" else 0)
+    if dump.name == "dump-lab":
+        _probs(dump, args.classes)
+    if "learning_loss" in strategies:
+        _loss_pred(dump)
 
 
 def _labeled(out: Path, n_lab: int, ncls: int) -> None:
@@ -228,7 +229,7 @@ def _peak_rss_mib() -> tuple[float, float]:
 
 def run_one(args) -> None:
     """Child: one measurement, printed as JSON on the last line."""
-    dump = dump_dir(Path(args.out), args.strategies.split(",")[0])
+    dump = dump_dir(Path(args.out), "", args.strategies.split(","))
     t0 = time.perf_counter()
     if args.run_one == "plain-read":
         buf = bytearray(64 << 20)
@@ -238,7 +239,7 @@ def run_one(args) -> None:
         extra = {}
     else:
         from al_det.acquire import run_acquire_standalone
-        dump = dump_dir(Path(args.out), args.run_one)
+        dump = dump_dir(Path(args.out), args.run_one, args.strategies.split(","))
         sel = run_acquire_standalone(dump, Path(args.out) / "labeled.json", args.budget,
                                      args.run_one, Path(args.out) / f"sel-{args.run_one}.json",
                                      {})
@@ -274,7 +275,7 @@ def main() -> None:
     gen = [a for a in sys.argv if a != "--cold"]
     subprocess.run([sys.executable, __file__, "--generate-only"] + gen[1:], check=True)
     for what in args.strategies.split(","):
-        dump = dump_dir(Path(args.out), what)
+        dump = dump_dir(Path(args.out), what, args.strategies.split(","))
         size = (dump / "features.npy").stat().st_size / 2**30
         n_img = len(np.load(dump / "offsets.npy")) - 1
         print(f"{what}: dump {dump}: {n_img} images, features.npy {size:.2f} GiB")
@@ -286,8 +287,7 @@ def main() -> None:
     plain = None
     for what in ["plain-read"] + args.strategies.split(","):
         if args.cold:
-            _evict(dump_dir(Path(args.out), what if what != "plain-read"
-                            else args.strategies.split(",")[0]))
+            _evict(dump_dir(Path(args.out), what, args.strategies.split(",")))
         cmd = [sys.executable, __file__, "--run-one", what, "--out", args.out,
                "--budget", str(args.budget), "--strategies", args.strategies]
         res = subprocess.run(cmd, capture_output=True, text=True)
