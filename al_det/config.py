@@ -330,7 +330,7 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
         if value >= 1 and not float(value).is_integer():
             raise ConfigError(f"{source}: {key}={value}: give a count (integer) or a fraction < 1")
     try:  # the strategies check their own parameters
-        check_parameters(strategy_params(cfg.acquire))
+        check_parameters(cfg.acquire.strategy, strategy_params(cfg.acquire))
     except AcquireError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if cfg.data.synthetic is None and cfg.data.pool is None:

@@ -1,7 +1,8 @@
 """The detections dump (docs/detections-dump.md): write, read and validate.
 
-Writes one folder (``meta.json`` + ``offsets/boxes/scores/labels/features[/image_features].npy``)
-atomically; reads it back memory-mapped and checks every rule of the spec, streaming the large
+Writes one folder (``meta.json`` + ``offsets/boxes/scores/labels/features.npy``, and the
+optional ``image_features/probs/loss_pred.npy``) atomically; reads it back memory-mapped and
+checks every rule of the spec (dtypes exactly the table's), streaming the large
 per-detection arrays in chunks with explicit reads (see :class:`NpyRows`) so that checking a
 COCO-scale pool neither loads it whole nor leaves its pages mapped in the resident set.
 Imports numpy and the compiled kernels only (``al-det acquire`` must not import torch).
@@ -23,12 +24,25 @@ import orjson
 
 from .atomic import atomic_dir
 from .errors import DumpError
-from .kernels import first_nonfinite_row
+from .kernels import first_bad_prob_row, first_nonfinite_row
 
 FORMAT = "al-det/detections"
 VERSION = 1
 ARRAYS = ("offsets", "boxes", "scores", "labels", "features")
+OPTIONAL = ("image_features", "probs", "loss_pred")
 FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+# The spec's table: the dtypes each array may have; the last one is the conversion suggested.
+DTYPES = {
+    "offsets": (np.dtype(np.int64),),
+    "boxes": (np.dtype(np.float32),),
+    "scores": (np.dtype(np.float32),),
+    "labels": (np.dtype(np.int64),),
+    "features": FEATURE_DTYPES,
+    "image_features": (np.dtype(np.float32),),
+    "probs": FEATURE_DTYPES,
+    "loss_pred": (np.dtype(np.float32),),
+}
+PROBS_SUM_TOL = 1e-3
 CHUNK_BYTES = 64 << 20  # per streamed read: bounded memory, large enough for full disk speed
 
 
@@ -132,6 +146,8 @@ class Dump:
     features: np.ndarray
     image_features: np.ndarray | None
     features_checked: bool = False
+    probs: np.ndarray | None = None  # [M, C+1] float16/32, validated (rows >= 0, sum 1)
+    loss_pred: np.ndarray | None = None  # [N] float32, validated (finite)
 
     @property
     def image_ids(self) -> list:
@@ -188,8 +204,12 @@ def write_dump(
     features: Any,
     image_features: Any = None,
     extra_meta: dict | None = None,
+    probs: Any = None,
+    loss_pred: Any = None,
 ) -> Path:
-    """Write a dump folder atomically (temporary folder, then rename). Returns its path."""
+    """Write a dump folder atomically (temporary folder, then rename). Returns its path.
+    Arrays are converted to the spec's dtypes (features and probs keep float16 or float32,
+    anything else becomes float32)."""
     features = np.asarray(features)
     if features.dtype not in FEATURE_DTYPES:
         features = features.astype(np.float32)
@@ -207,6 +227,11 @@ def write_dump(
     }
     if image_features is not None:
         arrays["image_features"] = np.asarray(image_features, dtype=np.float32)
+    if probs is not None:
+        probs = np.asarray(probs)
+        arrays["probs"] = probs if probs.dtype in FEATURE_DTYPES else probs.astype(np.float32)
+    if loss_pred is not None:
+        arrays["loss_pred"] = np.asarray(loss_pred, dtype=np.float32).reshape(-1)
     _save(Path(path), meta, {name: [arr] for name, arr in arrays.items()})
     return Path(path)
 
@@ -264,16 +289,21 @@ def read_dump(path: str | os.PathLike, check_features: bool = True) -> Dump:
         raise DumpError(f"{path}: detections dump folder not found; run `al-det infer` first")
     meta = _read_meta(path)
     arrs = {name: _load(path, name) for name in ARRAYS}
-    has_img = (path / "image_features.npy").exists()
-    image_features = _load(path, "image_features") if has_img else None
+    opt = {name: _load(path, name) if (path / f"{name}.npy").exists() else None
+           for name in OPTIONAL}
     offsets = np.array(arrs["offsets"])  # N+1 ints: small, keep in memory
     n_images = len(meta["images"])
     _check_offsets(path, offsets, n_images)
     _check_shapes(path, arrs, int(offsets[-1]), meta["feature_dim"])
-    if image_features is not None:
-        _check_image_features(path, image_features, n_images)
+    if opt["image_features"] is not None:
+        _check_image_features(path, opt["image_features"], n_images)
+    if opt["loss_pred"] is not None:
+        _check_loss_pred(path, opt["loss_pred"], n_images)
+    if opt["probs"] is not None:
+        _check_probs(path, opt["probs"], int(offsets[-1]), len(meta["categories"]))
     dump = Dump(path, meta, meta["images"], meta["categories"], meta["feature_dim"], offsets,
-                arrs["boxes"], arrs["scores"], arrs["labels"], arrs["features"], image_features)
+                arrs["boxes"], arrs["scores"], arrs["labels"], arrs["features"],
+                opt["image_features"], probs=opt["probs"], loss_pred=opt["loss_pred"])
     _check_detections(dump)
     if check_features:
         dump.check_features()
@@ -290,7 +320,9 @@ def peek_offsets(path: Path) -> np.ndarray | None:
         files = [NpyRows(path / f"{name}.npy") for name in ("features", "scores", "labels")]
     except (OSError, ValueError, DumpError):
         return None
-    if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or not len(offsets)
+    if any(f.dtype not in DTYPES[f.path.stem] for f in files):
+        return None
+    if (offsets.ndim != 1 or offsets.dtype != DTYPES["offsets"][0] or not len(offsets)
             or offsets[0] != 0 or (np.diff(offsets) < 0).any()):
         return None
     m = int(offsets[-1])
@@ -332,15 +364,28 @@ def _load(path: Path, name: str) -> np.ndarray:
     if not f.is_file():
         raise DumpError(f"{f}: missing; the dump is incomplete, rerun `al-det infer`")
     try:
-        return np.load(f, mmap_mode="r", allow_pickle=False)
+        arr = np.load(f, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DumpError(f"{f}: not a readable NumPy .npy file ({exc}); "
                         "rerun `al-det infer`") from exc
+    _check_dtype(f, name, arr.dtype)
+    return arr
+
+
+def _check_dtype(f: Path, name: str, dtype: np.dtype) -> None:
+    """The spec's dtype of array ``name``, or an error that says the conversion to make."""
+    allowed = DTYPES[name]
+    if dtype in allowed:
+        return
+    want = " or ".join(str(d) for d in allowed)
+    to = allowed[-1]
+    raise DumpError(f"{f}: {name}.npy is {dtype}; save it as {want}: "
+                    f"np.save(path, {name}.astype(np.{to}))")
 
 
 def _check_offsets(path: Path, offsets: np.ndarray, n_images: int) -> None:
     f = path / "offsets.npy"
-    if offsets.dtype.kind not in "iu" or offsets.shape != (n_images + 1,):
+    if offsets.shape != (n_images + 1,):
         raise DumpError(f"{f}: must be integer [N+1] = [{n_images + 1}] for the {n_images} images "
                         f"of meta.json, got {offsets.dtype} {offsets.shape}")
     if offsets[0] != 0 or (np.diff(offsets) < 0).any():
@@ -348,26 +393,70 @@ def _check_offsets(path: Path, offsets: np.ndarray, n_images: int) -> None:
 
 
 def _check_shapes(path: Path, arrs: dict, m: int, dim: int) -> None:
-    expect = {"boxes": ((m, 4), "f"), "scores": ((m,), "f"), "labels": ((m,), "iu"),
-              "features": ((m, dim), "f")}
-    for name, (shape, kinds) in expect.items():
+    expect = {"boxes": (m, 4), "scores": (m,), "labels": (m,), "features": (m, dim)}
+    for name, shape in expect.items():
         a = arrs[name]
-        if a.shape != shape or a.dtype.kind not in kinds:
-            raise DumpError(f"{path / (name + '.npy')}: expected shape {shape} ({kinds} dtype) to "
+        if a.shape != shape:
+            raise DumpError(f"{path / (name + '.npy')}: expected shape {shape} to "
                             f"agree with offsets[N]={m} and feature_dim={dim}, "
                             f"got {a.dtype} {a.shape}")
-    if arrs["features"].dtype not in FEATURE_DTYPES:
-        raise DumpError(f"{path / 'features.npy'}: dtype must be float16 or float32, "
-                        f"got {arrs['features'].dtype}")
 
 
 def _check_image_features(path: Path, arr: np.ndarray, n_images: int) -> None:
     f = path / "image_features.npy"
-    if arr.ndim != 2 or arr.shape[0] != n_images or arr.dtype.kind != "f":
-        raise DumpError(f"{f}: expected float [N={n_images}, D2], got {arr.dtype} {arr.shape}")
-    for start in range(0, n_images, 65536):
-        if not np.isfinite(arr[start:start + 65536]).all():
-            raise DumpError(f"{f}: NaN or infinity in image row >= {start}; fix the dump")
+    if arr.ndim != 2 or arr.shape[0] != n_images:
+        raise DumpError(f"{f}: expected float32 [N={n_images}, D2], got {arr.dtype} {arr.shape}")
+    rows = NpyRows(f)
+    for start, chunk in rows.chunks():
+        row = first_nonfinite_row(chunk)
+        if row >= 0:
+            raise DumpError(f"{f}: NaN or infinity in image row {start + row}; fix the dump")
+
+
+def _check_loss_pred(path: Path, arr: np.ndarray, n_images: int) -> None:
+    f = path / "loss_pred.npy"
+    if arr.shape != (n_images,):
+        raise DumpError(f"{f}: expected float32 [N={n_images}], one predicted loss per image "
+                        f"of meta.json, got {arr.dtype} {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr))  # N floats: small
+    if len(bad):
+        raise DumpError(f"{f}: NaN or infinity in image row {int(bad[0])} "
+                        f"({arr[bad[0]]}); fix the loss-prediction output")
+
+
+def _check_probs(path: Path, arr: np.ndarray, m: int, n_cats: int) -> None:
+    """[M, C+1], finite, rows >= 0 summing to 1 within 1e-3: streamed in chunks, two at a
+    time (the compiled check releases the GIL); the first bad row of the file is named."""
+    f = path / "probs.npy"
+    if arr.ndim != 2 or arr.shape[0] != m:
+        raise DumpError(f"{f}: expected [M={m}, C+1={n_cats + 1}] (one row per detection), "
+                        f"got {arr.dtype} {arr.shape}")
+    if arr.shape[1] != n_cats + 1:
+        raise DumpError(f"{f}: {arr.shape[1]} columns, expected C+1 = {n_cats + 1} (background, "
+                        f"then the {n_cats} categories of meta.json in their order)")
+    rows = NpyRows(f)
+    step = max(1, CHUNK_BYTES // max(1, rows.row_bytes))
+
+    def check(a: int) -> tuple[int, int, float]:
+        r, why, value = first_bad_prob_row(rows.mapped(a, min(m, a + step)), PROBS_SUM_TOL)
+        return (a + r, why, value) if r >= 0 else (-1, 0, 0.0)
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        for r, why, value in pool.map(check, range(0, m, step)):
+            if r < 0:
+                continue
+            if why == 1:
+                raise DumpError(f"{f}: NaN or infinity in detection row {r}; "
+                                "fix the detector output")
+            if why == 2:
+                raise DumpError(f"{f}: detection row {r} has a negative probability "
+                                f"({value:.6g}); rows must be probability vectors")
+            raise DumpError(f"{f}: detection row {r} sums to {value:.6g}, not 1 (within "
+                            f"{PROBS_SUM_TOL:g}); write each detection's softmax (or normalised "
+                            "scores) over background + categories")
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _check_detections(dump: Dump) -> None:

@@ -6,6 +6,8 @@ arrays passed in).
 - ``prototypes``: Eq. 3 per run, normalised.
 - ``first_nonfinite_row``: the NaN/inf check of feature rows.
 - ``kcenter_step``: one step of core-set's k-center greedy.
+- ``first_bad_prob_row``: the check of ``probs.npy`` rows (finite, >= 0, sum 1).
+  CDAL's kernels are in :mod:`al_det.kernels_cdal`.
 
 Feature rows are widened from float16 to float32 on the fly (the CPU's half-precision
 conversion), so no float32 copy of a chunk is ever made and each row is read once per use.
@@ -325,6 +327,30 @@ def kcenter_step(x, c, d2):
     return arg
 
 
+@njit(nogil=True, cache=True)
+def _bad_prob_row(raw, tol):
+    for r in range(raw.shape[0]):
+        s = 0.0
+        for d in range(raw.shape[1]):
+            v = np.float64(_widen(raw[r, d]))
+            if not (abs(v) < np.inf):
+                return r, 1, v
+            if v < 0.0:
+                return r, 2, v
+            s += v
+        if not (abs(s - 1.0) <= tol):
+            return r, 3, s
+    return -1, 0, 0.0
+
+
+def first_bad_prob_row(raw: np.ndarray, tol: float) -> tuple[int, int, float]:
+    """The first row of ``raw`` (2-D, float16 or float32 probability vectors) that is bad,
+    with why (1: NaN/inf, 2: a negative entry, 3: its float64 sum is not within ``tol`` of 1)
+    and the offending value; ``(-1, 0, 0.0)`` if none."""
+    r, why, value = _bad_prob_row(as_kernel_input(raw), tol)
+    return int(r), int(why), float(value)
+
+
 def as_kernel_input(raw: np.ndarray) -> np.ndarray:
     """Feature rows as the kernels take them: float16 as uint16 bits, read-only (one compiled
     variant per dtype, whatever the caller's array flags)."""
@@ -350,5 +376,9 @@ def compile_all() -> None:
         enms_keep(raw, rows, starts, np.array([0, 2]), 0.5, 1e-4, np.zeros(2, np.bool_))
         prototypes(raw, rows, np.ones(2), starts, np.empty((1, 4), np.float32))
         first_nonfinite_row(raw)
+        first_bad_prob_row(raw, 1e-3)
     kcenter_step(np.ones((2, 4), np.float32), np.ones(4), np.zeros(2))
     cosine64(np.ones(4), np.ones(4))  # float64 prototypes, at DivProto's ties (ties.py)
+    from .kernels_cdal import compile_cdal
+
+    compile_cdal()

@@ -1,16 +1,23 @@
 """Benchmark acquisition on a synthetic detections dump of a given size.
 
 Writes (once; reused when it exists) a synthetic dump under ``--out``, streamed in chunks so
-that a COCO-scale pool (94,630 images x 50 detections x 1024 float16, ~9.7 GB) is never held
-in memory, plus a labeled COCO file. It has the compiled kernels built (or loaded from numba's
-disk cache) once, untimed: a one-off on the first use after installing, shown apart. Then, each
-in a fresh subprocess so that peak memory is per measurement, it times one plain sequential
-read of features.npy and every strategy asked for, through the library entry point of
-``al-det acquire`` (dump reading and validation included), printing wall time, images/s and
-peak RSS (``ru_maxrss``, as ``/usr/bin/time -v`` reports it). ``--cold`` evicts the dump from
-the page cache before each measurement (posix_fadvise DONTNEED), to time reads from disk.
+that a COCO-scale pool (94,630 images x 50 detections x 1024 float16, ~9.7 GB) is never held in
+memory, plus a labeled COCO file (a quarter of the pool's size). The optional arrays come with
+the strategies that read them: ``loss_pred.npy`` for ``learning_loss``; when ``cdal`` is asked,
+the run's dump is ``dump-lab``, which holds the same number of candidates and the labeled
+images too (their detections are cdal's initial centres), with ``probs.npy`` over the classes
+(float16, softmax of logits peaked at each detection's label). It has the compiled kernels
+built (or loaded from numba's disk cache) once, untimed: a one-off on the first use after
+installing, shown apart. Then, each in a fresh subprocess so that peak memory is per
+measurement, it times one plain sequential read of features.npy and every strategy asked for,
+through the library entry point of ``al-det acquire`` (dump reading and validation included),
+printing wall time, images/s and peak RSS (``ru_maxrss``, as ``/usr/bin/time -v`` reports it).
+``--cold`` evicts the dump from the page cache before each measurement (posix_fadvise
+DONTNEED), to time reads from disk.
 
     python scripts/bench_acquire.py --images 94630 --out /work/bench/coco20 --budget 5914
+    python scripts/bench_acquire.py --images 94630 --out /work/bench/coco20 --budget 5914 \
+        --strategies cdal,learning_loss
 """
 
 from __future__ import annotations
@@ -35,19 +42,65 @@ def _write_npy_header(fh, dtype, shape) -> None:
              "shape": tuple(shape)})
 
 
+LAB_DUMP = {"cdal"}  # strategies whose initial centres are the labeled images: in the dump
+
+
+def dump_dir(out: Path, strategy: str, strategies: list[str]) -> Path:
+    """The dump a strategy is timed on: ``coreset-dump`` for coreset; else ``dump-lab`` (the
+    candidates and the labeled images, with probs.npy) when cdal is among ``strategies``, so
+    that one dump serves the whole run, and ``dump`` (the candidates only) otherwise."""
+    if strategy == "coreset":
+        return out / "coreset-dump"
+    return out / ("dump-lab" if LAB_DUMP & set(strategies) else "dump")
+
+
 def generate(args) -> None:
-    """Write the synthetic dump + labeled file; features in chunks of images."""
+    """Write the synthetic dump the asked strategies need (reused when it exists), the
+    labeled file, and the optional arrays: probs.npy for cdal, loss_pred.npy for
+    learning_loss."""
     out = Path(args.out)
-    dump = out / "dump"
+    strategies = args.strategies.split(",")
+    n_lab = max(1, args.images // 4)
+    if not (out / "labeled.json").exists():
+        _labeled(out, n_lab, args.classes)
+    if "coreset" in strategies:
+        _write_dump(out / "dump", args, with_labeled=0)
+        _image_features(out / "dump", args.images)
+        _coreset_dump(out)
+    dump = dump_dir(out, "", strategies)
+    _write_dump(dump, args, with_labeled=n_lab if dump.name == "dump-lab" else 0)
+    if dump.name == "dump-lab":
+        _probs(dump, args.classes)
+    if "learning_loss" in strategies:
+        _loss_pred(dump)
+
+
+def _labeled(out: Path, n_lab: int, ncls: int) -> None:
+    rng = np.random.default_rng(5)
+    cat_ids = np.arange(1, ncls + 1) * 2 - 1
+    freq = 1.0 / np.arange(1, ncls + 1)
+    freq /= freq.sum()
+    lab_imgs = [{"id": i + 1, "file_name": f"l{i}.jpg", "width": 640, "height": 480}
+                for i in range(n_lab)]
+    anns = [{"id": k + 1, "image_id": int(rng.integers(1, len(lab_imgs) + 1)),
+             "category_id": int(rng.choice(cat_ids, p=freq)), "iscrowd": 0, "area": 1.0,
+             "bbox": [0, 0, 1, 1]} for k in range(len(lab_imgs) * 3)]
+    cats = [{"id": int(i), "name": f"class{i}"} for i in cat_ids]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "labeled.json").write_text(json.dumps({"images": lab_imgs, "categories": cats,
+                                                  "annotations": anns}))
+
+
+def _write_dump(dump: Path, args, with_labeled: int) -> None:
+    """The candidates (ids 10**6 + i), then ``with_labeled`` labeled images (ids 1..), with
+    detections; features in chunks of images."""
     if (dump / "meta.json").exists():
         print(f"reusing {dump}")
-        _image_features(dump, args.images)
-        _coreset_dump(out)
         return
-    tmp = out / ".tmp-dump"
+    tmp = dump.with_name(".tmp-" + dump.name)
     tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    n, dim, ncls = args.images, args.dim, args.classes
+    n, dim, ncls = args.images + with_labeled, args.dim, args.classes
     counts = np.minimum(rng.poisson(args.dets_per_image, n), 100)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     m = int(offsets[-1])
@@ -84,21 +137,48 @@ def generate(args) -> None:
     for fh in fhs.values():
         fh.close()
     images = [{"id": 10**6 + i, "file_name": f"{i:08d}.jpg", "width": 640, "height": 480}
-              for i in range(n)]
+              for i in range(args.images)]
+    images += [{"id": i + 1, "file_name": f"l{i}.jpg", "width": 640, "height": 480}
+               for i in range(with_labeled)]
     cats = [{"id": int(i), "name": f"class{i}"} for i in cat_ids]
     meta = {"format": "al-det/detections", "version": 1, "feature_dim": dim,
             "categories": cats, "images": images}
     (tmp / "meta.json").write_text(json.dumps(meta))
-    lab_imgs = [{"id": i + 1, "file_name": f"l{i}.jpg", "width": 640, "height": 480}
-                for i in range(max(1, n // 4))]
-    anns = [{"id": k + 1, "image_id": int(rng.integers(1, len(lab_imgs) + 1)),
-             "category_id": int(rng.choice(cat_ids, p=freq)), "iscrowd": 0, "area": 1.0,
-             "bbox": [0, 0, 1, 1]} for k in range(len(lab_imgs) * 3)]
-    (out / "labeled.json").write_text(json.dumps({"images": lab_imgs, "categories": cats,
-                                                  "annotations": anns}))
-    _image_features(tmp, n)
     os.replace(tmp, dump)
-    _coreset_dump(out)
+
+
+def _probs(dump: Path, ncls: int) -> None:
+    """probs.npy (float16, [M, C+1]) if the dump lacks it: per detection the softmax of
+    random logits peaked at its label, streamed in chunks of labels.npy."""
+    path = dump / "probs.npy"
+    if path.exists():
+        return
+    labels = np.load(dump / "labels.npy", mmap_mode="r")
+    cat_ids = np.arange(1, ncls + 1) * 2 - 1
+    col = np.zeros(int(cat_ids.max()) + 1, np.int64)
+    col[cat_ids] = np.arange(1, ncls + 1)
+    tmp = dump / ".tmp-probs.npy"
+    with open(tmp, "wb") as fh:
+        _write_npy_header(fh, np.float16, (len(labels), ncls + 1))
+        for k, a in enumerate(range(0, len(labels), 1 << 18)):
+            rng = np.random.default_rng(10 + k)
+            lab = col[np.asarray(labels[a:a + (1 << 18)])]
+            logits = rng.standard_normal((len(lab), ncls + 1), np.float32)
+            logits[np.arange(len(lab)), lab] += rng.uniform(1.0, 6.0, len(lab))
+            logits[:, 0] += 1.0
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            fh.write((e / e.sum(axis=1, keepdims=True)).astype(np.float16).tobytes())
+    os.replace(tmp, path)
+
+
+def _loss_pred(dump: Path) -> None:
+    """loss_pred.npy (float32, [N]) if the dump lacks it."""
+    path = dump / "loss_pred.npy"
+    if not path.exists():
+        n = len(np.load(dump / "offsets.npy")) - 1
+        np.save(dump / ".tmp-loss_pred.npy",
+                np.random.default_rng(4).gamma(2.0, 1.0, n).astype(np.float32))
+        os.replace(dump / ".tmp-loss_pred.npy", path)
 
 
 def _coreset_dump(out: Path) -> None:
@@ -149,7 +229,7 @@ def _peak_rss_mib() -> tuple[float, float]:
 
 def run_one(args) -> None:
     """Child: one measurement, printed as JSON on the last line."""
-    dump = Path(args.out) / "dump"
+    dump = dump_dir(Path(args.out), "", args.strategies.split(","))
     t0 = time.perf_counter()
     if args.run_one == "plain-read":
         buf = bytearray(64 << 20)
@@ -159,8 +239,7 @@ def run_one(args) -> None:
         extra = {}
     else:
         from al_det.acquire import run_acquire_standalone
-        if args.run_one == "coreset":
-            dump = Path(args.out) / "coreset-dump"
+        dump = dump_dir(Path(args.out), args.run_one, args.strategies.split(","))
         sel = run_acquire_standalone(dump, Path(args.out) / "labeled.json", args.budget,
                                      args.run_one, Path(args.out) / f"sel-{args.run_one}.json",
                                      {})
@@ -195,9 +274,11 @@ def main() -> None:
     # generate (or complete) the dump in a child process: keeps this parent's RSS small
     gen = [a for a in sys.argv if a != "--cold"]
     subprocess.run([sys.executable, __file__, "--generate-only"] + gen[1:], check=True)
-    dump = Path(args.out) / "dump"
-    size = (dump / "features.npy").stat().st_size / 2**30
-    print(f"dump {dump}: {args.images} images, features.npy {size:.2f} GiB")
+    for what in args.strategies.split(","):
+        dump = dump_dir(Path(args.out), what, args.strategies.split(","))
+        size = (dump / "features.npy").stat().st_size / 2**30
+        n_img = len(np.load(dump / "offsets.npy")) - 1
+        print(f"{what}: dump {dump}: {n_img} images, features.npy {size:.2f} GiB")
     # the first use after installing compiles the kernels (then cached on disk): not timed
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "from al_det.kernels import compile_all; "
@@ -206,9 +287,9 @@ def main() -> None:
     plain = None
     for what in ["plain-read"] + args.strategies.split(","):
         if args.cold:
-            _evict(dump)
+            _evict(dump_dir(Path(args.out), what, args.strategies.split(",")))
         cmd = [sys.executable, __file__, "--run-one", what, "--out", args.out,
-               "--budget", str(args.budget)]
+               "--budget", str(args.budget), "--strategies", args.strategies]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
             lines = (res.stderr.strip() or res.stdout.strip() or "failed").splitlines()

@@ -152,3 +152,99 @@ def test_reading_does_not_import_torch():
     code = ("import sys, al_det.acquire, al_det.dump, al_det.strategies; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------ dtypes, probs.npy, loss_pred.npy (spec table)
+
+def probs3(dtype=np.float32):
+    """Valid probs for the 3 detections of arrays(): background + the 2 categories."""
+    return np.array([[0.1, 0.6, 0.3], [0.0, 0.0, 1.0], [0.5, 0.25, 0.25]], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_round_trip_optional_arrays(tmp_path, dtype):
+    path = make(tmp_path, probs=probs3(dtype), loss_pred=[0.5, 2.0, 1.0])
+    d = read_dump(path)
+    assert d.probs.dtype == dtype and d.probs.shape == (3, 3)
+    assert d.loss_pred.dtype == np.float32 and d.loss_pred.tolist() == [0.5, 2.0, 1.0]
+    assert read_dump(make(tmp_path)).probs is None and read_dump(path).image_features is None
+
+
+@pytest.mark.parametrize("name, bad, want", [
+    ("offsets", np.array([0, 2, 2, 3], np.int32), "int64"),
+    ("boxes", np.ones((3, 4), np.float64), "float32"),
+    ("scores", np.array([0.9, 0.1, 0.5], np.float64), "float32"),
+    ("labels", np.array([3, 7, 3], np.int32), "int64"),
+    ("features", np.zeros((3, 4), np.float64), "float16 or float32"),
+    ("image_features", np.zeros((3, 2), np.float64), "float32"),
+    ("probs", probs3(np.float64), "float16 or float32"),
+    ("loss_pred", np.zeros(3, np.float64), "float32"),
+])
+def test_dtype_other_than_the_table_rejected_with_the_conversion(tmp_path, name, bad, want):
+    path = make(tmp_path, probs=probs3(), loss_pred=np.zeros(3), image_features=np.zeros((3, 2)))
+    np.save(path / f"{name}.npy", bad)
+    to = want.split(" or ")[-1]
+    msg = (f"{name}.npy is {bad.dtype}; save it as {want}: "
+           f"np.save(path, {name}.astype(np.{to}))")
+    with pytest.raises(DumpError) as err:
+        read_dump(path)
+    assert str(err.value) == f"{path / (name + '.npy')}: {msg}"
+    np.save(path / f"{name}.npy", bad.astype(to))  # the conversion the message says works
+    read_dump(path)
+
+
+@pytest.mark.parametrize("probs, match", [
+    (probs3()[:, :2], r"probs.npy: 2 columns, expected C\+1 = 3"),
+    (probs3()[:2], r"probs.npy: expected \[M=3, C\+1=3\]"),
+    (probs3()[:, 0], r"probs.npy: expected \[M=3, C\+1=3\]"),
+    (probs3() * [[1], [1], [0.99]], "detection row 2 sums to 0.99, not 1"),
+    (np.array([[0.1, 0.6, 0.3], [-0.01, 0.01, 1.0], [0.5, 0.25, 0.25]]),
+     "detection row 1 has a negative probability"),
+    (np.array([[0.1, 0.6, 0.3], [0.0, 0.0, 1.0], [0.5, np.nan, 0.5]]),
+     "probs.npy: NaN or infinity in detection row 2"),
+    (np.array([[0.1, 0.6, 0.3], [0.0, np.inf, 1.0], [0.5, 0.25, 0.25]]),
+     "probs.npy: NaN or infinity in detection row 1"),
+])
+def test_probs_rejected(tmp_path, probs, match):
+    with pytest.raises(DumpError, match=match):
+        read_dump(make(tmp_path, probs=np.asarray(probs, np.float32)))
+
+
+def test_probs_within_tolerance_and_float16_rounding_accepted(tmp_path):
+    p = probs3() * [[1], [1], [1.0009]]  # sums to 1.0009: within 1e-3
+    read_dump(make(tmp_path, probs=p.astype(np.float32)))
+    rng = np.random.default_rng(0)
+    q = rng.dirichlet(np.full(3, 0.3), 3)  # rounding to float16 keeps sums within 1e-3
+    read_dump(make(tmp_path, probs=q.astype(np.float16)))
+
+
+def test_probs_bad_row_named_across_chunks(tmp_path, monkeypatch):
+    import al_det.dump as dump_mod
+    monkeypatch.setattr(dump_mod, "CHUNK_BYTES", 24)  # two rows of float32 x 3 per chunk
+    n = 40
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 8, "height": 8} for i in range(n)]
+    p = np.tile([[0.2, 0.4, 0.4]], (n, 1)).astype(np.float32)
+    p[33, 1] = 0.5
+    path = write_dump(tmp_path / "d", images, CATS, np.arange(n + 1), np.ones((n, 4)),
+                      np.full(n, 0.5), np.full(n, 3), np.ones((n, 2), np.float16), probs=p)
+    with pytest.raises(DumpError, match="detection row 33 sums to 1.1"):
+        read_dump(path)
+
+
+@pytest.mark.parametrize("loss_pred, match", [
+    ([0.5, np.nan, 1.0], r"loss_pred.npy: NaN or infinity in image row 1"),
+    ([0.5, 1.0, -np.inf], r"loss_pred.npy: NaN or infinity in image row 2"),
+    ([0.5, 1.0], r"loss_pred.npy: expected float32 \[N=3\]"),
+])
+def test_loss_pred_rejected(tmp_path, loss_pred, match):
+    with pytest.raises(DumpError, match=match):
+        read_dump(make(tmp_path, loss_pred=loss_pred))
+
+
+def test_image_features_nan_names_its_row(tmp_path, monkeypatch):
+    import al_det.dump as dump_mod
+    monkeypatch.setattr(dump_mod, "CHUNK_BYTES", 8)  # one row per chunk
+    f = np.zeros((3, 2))
+    f[2, 1] = np.nan
+    with pytest.raises(DumpError, match=r"image_features.npy: NaN or infinity in image row 2;"):
+        read_dump(make(tmp_path, image_features=f))

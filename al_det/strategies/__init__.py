@@ -17,11 +17,14 @@ from typing import Any
 
 from ..errors import AcquireError
 from .base import Strategy
+from .cdal import Cdal
 from .coreset import Coreset
 from .divproto import DivProto
 from .enms import Enms
 from .enms_divproto import EnmsDivProto
 from .entropy import Entropy
+from .external import External
+from .learning_loss import LearningLoss
 from .random_sampling import Random
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -31,6 +34,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "divproto": DivProto,
     "enms_divproto": EnmsDivProto,
     "coreset": Coreset,
+    "learning_loss": LearningLoss,
+    "cdal": Cdal,
+    "external": External,
 }
 
 # Given per acquisition, not by the config's acquire section: the work dir derives it from the
@@ -76,11 +82,18 @@ def make_strategy(name: str, params: Mapping[str, Any]) -> Strategy:
     return cls(**{k: v for k, v in params.items() if k in used})
 
 
-def check_parameters(params: Mapping[str, Any]) -> None:
-    """Validate every parameter by the strategies that take it (a config names them all,
-    whichever strategy it selects with)."""
+def check_parameters(strategy: str, params: Mapping[str, Any]) -> None:
+    """Validate the parameters: all of them by ``strategy``, and those set to other than their
+    default by the other strategies that take them (a config names every parameter, whichever
+    strategy it selects with; an unset one, e.g. ``external``'s scores file, is no error
+    unless ``strategy`` needs it)."""
+    make_strategy(strategy, params)
+    defaults = {name: default for name, (_, default) in parameters().items()}
+    changed = {k: v for k, v in params.items() if k not in defaults or v != defaults[k]}
     for name in STRATEGIES:
-        make_strategy(name, params)
+        used = {f.name for f in dataclasses.fields(STRATEGIES[name])}
+        if name != strategy and used & set(changed):
+            make_strategy(name, {k: v for k, v in changed.items() if k in used})
 
 
 __all__ = ["STRATEGIES", "Strategy", "check_parameters", "make_strategy", "parameters"]

@@ -1,0 +1,31 @@
+"""``learning_loss``: the top-b candidates by the predicted loss of ``loss_pred.npy``
+(Learning Loss, Yoo and Kweon 2019; docs/acquisition.md). Reads that array only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import AcquireError
+from .base import Picked, Pool
+from .entropy import ranked
+
+
+@dataclass(frozen=True)
+class LearningLoss:
+    """Rank by predicted loss, largest first; ties keep the dump's row order. No parameters."""
+
+    reads: ClassVar[tuple[str, ...]] = ("loss_pred",)
+    streams_features: ClassVar[bool] = False
+
+    def select(self, pool: Pool) -> Picked:
+        dump = pool.dump
+        if dump.loss_pred is None:
+            raise AcquireError(f"{dump.path}: strategy 'learning_loss' needs loss_pred.npy in "
+                               "the dump (each image's predicted loss); train with "
+                               "model.loss_prediction.enabled: true and rerun `al-det infer`, "
+                               "or write loss_pred.npy from your own loss-prediction module")
+        keys = np.asarray(dump.loss_pred[pool.cand_rows], dtype=np.float64)
+        return ranked(keys, pool.budget)
