@@ -36,7 +36,7 @@ import orjson
 from . import coco, splits
 from .atomic import write_json
 from .config import ExperimentConfig, apply_overrides, override, strategy_params
-from .dump import Dump, read_dump
+from .dump import Dump, prune_features, read_dump
 from .errors import AcquireError, CocoError, ConfigError, SplitError, WorkdirError
 from .handoff import write_handoff
 from .strategies import STRATEGIES, Strategy, make_strategy
@@ -259,6 +259,7 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
                       model_version=f"{cfg.name} cycle {k} {cfg.model.name}")
         # to_label.json last: it marks the acquisition as done
         write_json(cycle.to_label, coco_selection(selection))
+        _prune_older(wd, k, cfg)
         log.info("cycle %d: %d images to label in %s", k, budget, cycle.to_label)
         return selection
     nxt_labeled, nxt_unlabeled = splits.next_splits(pool, labeled, unlabeled,
@@ -267,9 +268,21 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
     write_json(cycle.selection, record, indent=1)
     write_json(nxt.labeled, nxt_labeled)
     write_json(nxt.unlabeled, nxt_unlabeled)
+    _prune_older(wd, k, cfg)
     log.info("cycle %d: %s selected %d images -> cycle %d has %d labeled", k,
              cfg.acquire.strategy, budget, k + 1, len(nxt_labeled["images"]))
     return selection
+
+
+def _prune_older(wd: Workdir, k: int, cfg: ExperimentConfig) -> None:
+    """``infer.keep_features: last``: the cycles before ``k`` are acquired, so their feature
+    arrays (the bulk of a dump: ~9 GB a COCO cycle) go; this cycle's stay for reports."""
+    if cfg.infer.keep_features != "last":
+        return
+    freed = sum(prune_features(wd.cycle(j).dump) for j in range(k) if wd.cycle(j).dump.is_dir())
+    if freed:
+        log.info("deleted the feature arrays of cycles before %d (%.1f MB; infer.keep_features:"
+                 " last)", k, freed / 2**20)
 
 
 def _check_dump_matches(dump: Dump, unlabeled: dict, path: Path) -> None:

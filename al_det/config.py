@@ -88,6 +88,7 @@ class InferConfig:
     workers: int = 2
     feature_dtype: str = "float16"
     chunk_size: int = 256  # images per inference shard: the work a kill can lose
+    keep_features: str = "last"  # all | last: delete older cycles' feature arrays once acquired
 
 
 def _acquire_config() -> type:
@@ -136,6 +137,7 @@ CHOICES = {
     "mode": ("simulation", "labelling"),
     "acquire.strategy": tuple(STRATEGIES),
     "infer.feature_dtype": ("float16", "float32"),
+    "infer.keep_features": ("all", "last"),
     "train.augment": ("hflip", "ssd"),
     "evaluate.metric": ("coco", "voc07"),
     "model.name": MODEL_NAMES,  # the keys of al_det.models.ADAPTERS

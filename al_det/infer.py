@@ -20,7 +20,7 @@ import numpy as np
 
 from al_det import coco
 from al_det.config import ExperimentConfig
-from al_det.dump import merge_dumps, read_dump, write_dump
+from al_det.dump import PRUNED, merge_dumps, read_dump, write_dump
 from al_det.errors import DumpError
 from al_det.workdir import Cycle, Workdir, read_split
 
@@ -31,6 +31,9 @@ def run_infer(wd: Workdir, k: int, cfg: ExperimentConfig) -> Path:
     from al_det import dist
 
     cycle = wd.cycle(k)
+    if (cycle.dump / PRUNED).exists():
+        log.info("%s: done; its feature arrays were deleted after acquisition", cycle.dump)
+        return cycle.dump
     if (cycle.dump / "meta.json").exists():
         try:  # done, if it reads: a damaged dump is named, not taken for a finished stage
             read_dump(cycle.dump, check_features=False)
