@@ -140,7 +140,8 @@ def test_feature_nan_rejected(tmp_path, dtype, bad):
 
 def test_large_float16_values_are_finite(tmp_path):
     f = np.full((3, 4), 65504, np.float16)  # largest finite half
-    read_dump(make(tmp_path, features=f))
+    dump = read_dump(make(tmp_path, features=f))
+    assert dump.features.dtype == np.float16 and np.array_equal(dump.features, f)
 
 
 def test_image_features_nan_rejected(tmp_path):
