@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from al_det import atomic, coco, splits
+from al_det import atomic, coco, splits, testhooks
 from al_det.acquire import Selection, select_images, streaming_ahead, write_selection_coco
 from al_det.config import AcquireConfig, ExperimentConfig
 from al_det.dump import read_dump
@@ -58,6 +58,7 @@ def run_acquire_cycle(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection |
         budget = splits.resolve_count(cfg.acquire.budget, pool_size, "acquire.budget")
         selection = select_images(dump, labeled, budget, cfg.acquire.strategy, params, ahead)
     atomic.write_json(cycle.selection, {**selection.to_json(), "cycle": k}, indent=1)
+    testhooks.pause_at(f"acquire:{k}")  # test-only (AL_DET_TEST_PAUSE_AT)
     if cfg.mode == "labelling":
         write_selection_coco(cycle.to_label, selection, unlabeled["images"],
                              unlabeled["categories"])

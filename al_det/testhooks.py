@@ -13,6 +13,7 @@ Points (``K`` a cycle, ``I`` a 1-based iteration, ``C`` a chunk index):
 * ``train:K:I``       after training iteration ``I`` of cycle ``K`` and its checkpoint, if any
   (rank 0 only; ``until`` is the SIGTERM flag, so a SIGTERM resumes training, which stops);
 * ``infer:K:C``       after chunk ``C`` of cycle ``K``'s dump shards is written (its rank);
+* ``evaluate:K``      after this rank's predictions on the test set, before anything is written;
 * ``acquire:K``       after ``cycle_K/selection.json`` is written, before the next splits.
 """
 

@@ -79,7 +79,10 @@ def _free_port() -> int:
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
+    # the repo first, then conftest's PYTHONPATH (the children's no-network guard)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO),
+                                                                os.environ["PYTHONPATH"]]),
+               **extra)
     return env
 
 
