@@ -119,13 +119,31 @@ class Proc:
         return f"stdout: {self.seen['out'][-20:]}; stderr: {self.seen['err'][-20:]}"
 
     def kill(self) -> None:
-        """SIGKILL the whole session (torchrun's workers too) and reap the process."""
-        if self.proc.poll() is None:
+        """SIGKILL the process and its descendants (torchrun's workers run in their own process
+        groups, so a group kill would leave them holding the work dir) and reap it."""
+        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self.proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
 
 
 def al_det_lines(err: str) -> list[str]:

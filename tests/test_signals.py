@@ -28,8 +28,8 @@ seed: 2
 cycles: 2
 initial: 8
 data:
-  synthetic: {n_pool: 24, n_test: 6, image_size: 96, seed: 3}
-model: {name: tiny_frcnn, min_size: 96, max_size: 96}
+  synthetic: {n_pool: 24, n_test: 6, image_size: 100, seed: 3}
+model: {name: tiny_frcnn, min_size: 100, max_size: 100}
 train: {epochs: 2, batch_size: 4, warmup_iters: 1, workers: 0, checkpoint_every: 100}
 infer: {batch_size: 2, workers: 0, score_thresh: 0.0, chunk_size: 4, feature_dtype: float32}
 acquire: {strategy: entropy, budget: 4}
@@ -165,7 +165,7 @@ def chunk_meta(wd: Path, c: int) -> Path:
 @pytest.mark.dist
 def test_infer_killed_keeps_shards_reused_with_another_world_size(trained: Path,
                                                                    tmp_path: Path) -> None:
-    """16 unlabeled images in 4 chunks: SIGTERM after chunk 1 (1 process), SIGKILL after
+    """16 unlabeled images in 4 chunks: SIGTERM after chunk 1 (1 process), SIGTERM again after
     chunk 3 (2 processes: rank 1 does chunks 2-3, rank 0 reuses 0-1), finish with 1 process:
     the dump equals an uninterrupted one."""
     ref = tmp_path / "ref"
@@ -190,7 +190,8 @@ def test_infer_killed_keeps_shards_reused_with_another_world_size(trained: Path,
         agent.wait_pause("infer:0:3")
         assert [chunk_meta(wd, c).stat().st_mtime_ns for c in range(2)] == kept  # reused
         assert chunk_meta(wd, 2).exists()
-        agent.kill()
+        agent.signal(signal.SIGTERM)  # preempted again: the agent stops both ranks
+        assert agent.finish()[0] == 1
     finally:
         agent.kill()
     assert not (wd / "cycle_000" / "dump").exists()
@@ -221,3 +222,35 @@ def test_evaluate_sigterm_writes_nothing_and_the_rerun_evaluates(trained: Path,
     ok("evaluate", "-w", str(wd))
     metrics = json.loads((wd / "cycle_000" / "metrics.json").read_text())
     assert metrics["cycle"] == 0 and metrics["labeled_images"] == 8
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_one_rank_raising_makes_every_rank_exit_promptly(trained: Path, tmp_path: Path) -> None:
+    """Rank 1's shard of the test set holds an unreadable image: rank 1 raises al-det's error
+    (not killed); rank 0 must not wait in the gather for the 300 s collective timeout."""
+    from al_det.config import load_config
+
+    wd = copy_of(trained, tmp_path)
+    cfg = load_config(wd / "config.yaml")
+    test = json.loads(Path(cfg.data.test).read_text())
+    bad = test["images"][-1]  # the last image is in rank 1's block
+    shutil.copytree(cfg.data.test_images, tmp_path / "test_images")
+    (tmp_path / "test_images" / bad["file_name"]).write_bytes(b"not an image")
+    config = (wd / "config.yaml").read_text().replace(str(cfg.data.test_images),
+                                                      str(tmp_path / "test_images"))
+    (wd / "config.yaml").write_text(config)
+
+    agent = run_al_det("evaluate", "-w", str(wd), "--force", nproc=2)
+    try:
+        rc, _, err = agent.finish(timeout=120)  # far below the collective timeout
+    finally:
+        agent.kill()
+    assert rc != 0
+    lines = al_det_lines(err)
+    named = [ln for ln in lines if f"{bad['file_name']} (image id {bad['id']})" in ln]
+    assert len(named) == 1 and "unreadable" in named[0], err[-3000:]
+    # rank 0 either left with its one line about rank 1 or was stopped by the agent
+    assert all(ln in named or "rank 0 of 2: lost rank 1" in ln for ln in lines), lines
+    assert "Traceback (most recent call last)" not in err, err[-3000:]
+    assert not (wd / "cycle_000" / "metrics.json").exists()

@@ -273,8 +273,8 @@ seed: 1
 cycles: 2
 initial: 8
 data:
-  synthetic: {n_pool: 16, n_test: 4, image_size: 64, seed: 2}
-model: {name: tiny_frcnn, min_size: 64, max_size: 64}
+  synthetic: {n_pool: 16, n_test: 4, image_size: 100, seed: 2}
+model: {name: tiny_frcnn, min_size: 100, max_size: 100}
 train: {epochs: 1, batch_size: 4, warmup_iters: 1, workers: 0}
 """
 
