@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 ENV = "AL_DET_TEST_PAUSE_AT"
 MARKER = "al-det: test pause at"
+MAX_PAUSE_S = 900  # an orphaned paused process (its test crashed) exits after this
 _POLL_S = 0.01  # how often a paused process looks at ``until``; a signal ends a sleep anyway
 
 
@@ -37,5 +38,9 @@ def pause_at(point: str, until: Callable[[], bool] | None = None) -> None:
     if os.environ.get(ENV) != point:
         return
     print(f"{MARKER} {point} pid {os.getpid()}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + MAX_PAUSE_S
     while until is None or not until():
+        if time.monotonic() > deadline:  # the test died without ending us: do not linger
+            print(f"{MARKER} {point}: nobody came in {MAX_PAUSE_S} s", file=sys.stderr, flush=True)
+            os._exit(124)
         time.sleep(_POLL_S)
