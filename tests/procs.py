@@ -147,5 +147,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def al_det_lines(err: str) -> list[str]:
-    """The ``al-det: error:`` lines of a stderr text."""
-    return [ln for ln in err.splitlines() if ln.startswith("al-det: error:")]
+    """The ``al-det: error:`` lines of a stderr text (from the marker on: a progress bar of
+    another rank may precede it on the same line)."""
+    tag = "al-det: error:"
+    return [ln[ln.index(tag):] for ln in err.splitlines() if tag in ln]

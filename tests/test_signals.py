@@ -10,6 +10,7 @@ inference shards, which the rerun reuses, with another number of processes as we
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -252,5 +253,6 @@ def test_one_rank_raising_makes_every_rank_exit_promptly(trained: Path, tmp_path
     assert len(named) == 1 and "unreadable" in named[0], err[-3000:]
     # rank 0 either left with its one line about rank 1 or was stopped by the agent
     assert all(ln in named or "rank 0 of 2: lost rank 1" in ln for ln in lines), lines
-    assert "Traceback (most recent call last)" not in err, err[-3000:]
+    # torchrun's agent prints its own traceback; no rank prints one from al-det's code
+    assert not re.search(r'File "[^"]*/al_det/', err), err[-3000:]
     assert not (wd / "cycle_000" / "metrics.json").exists()
