@@ -192,7 +192,10 @@ def test_run_all_cycles_and_rerun_is_a_no_op(tmp_path: Path) -> None:
     out = cli("run", "-c", str(cfg), "-w", str(wd))
     sizes = [len(ids(load(wd / f"cycle_{k:03d}" / "labeled.json"))) for k in range(3)]
     assert sizes == [12, 19, 26]
-    table = [line.split() for line in out.splitlines()[-4:]]
+    # the table ends the output (a progress bar on stderr, mixed in by CliRunner, may end
+    # without a newline just before its header)
+    lines = out.rstrip("\n").splitlines()[-4:]
+    table = [lines[0][lines[0].rindex("cycle"):].split()] + [ln.split() for ln in lines[1:]]
     assert table[0] == ["cycle", "labeled", "train", "evaluate", "infer", "acquire", "AP"]
     assert [row[:6] for row in table[1:]] == [
         ["0", "12", "done", "done", "done", "done"], ["1", "19", "done", "done", "done", "done"],
