@@ -153,3 +153,56 @@ def test_reading_does_not_import_torch():
     code = ("import sys, al_det.acquire, al_det.dump, al_det.strategies; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- infer's merge
+def _chunks(tmp_path, sizes=(2, 1)):
+    """Chunk dumps of IMAGES as infer writes them (chunk_NNNNN under dump_shards)."""
+    from al_det.infer import _chunk_dir
+
+    shards, chunks, start = tmp_path / "dump_shards", [], 0
+    for c, n in enumerate(sizes):
+        images = IMAGES[start:start + n]
+        write_dump(_chunk_dir(shards, c), images, CATS, offsets=list(range(n + 1)),
+                   boxes=np.ones((n, 4)), scores=[0.5] * n, labels=[3] * n,
+                   features=np.full((n, 4), c + 1, np.float32),
+                   image_features=np.zeros((n, 2), np.float32))
+        chunks.append(images)
+        start += n
+    return shards, chunks
+
+
+def test_merge_of_chunks_equals_their_concatenation(tmp_path):
+    from al_det.infer import merge_chunks
+
+    shards, chunks = _chunks(tmp_path)
+    pool = {"images": IMAGES, "categories": CATS}
+    merge_chunks(shards, chunks, pool, tmp_path / "dump", {"cycle": 0})
+    dump = read_dump(tmp_path / "dump")
+    assert dump.image_ids == [11, 22, 33] and dump.offsets.tolist() == [0, 1, 2, 3]
+    assert np.asarray(dump.features)[:, 0].tolist() == [1, 1, 2]
+
+
+def test_merge_names_a_missing_shard(tmp_path):
+    import shutil
+
+    from al_det.infer import merge_chunks
+
+    shards, chunks = _chunks(tmp_path)
+    shutil.rmtree(shards / "chunk_00001")
+    with pytest.raises(DumpError, match=r"chunk_00001: shard missing or stale; rerun"):
+        merge_chunks(shards, chunks, {"images": IMAGES, "categories": CATS},
+                     tmp_path / "dump", {})
+    assert not (tmp_path / "dump").exists()
+
+
+def test_merge_names_a_stale_shard(tmp_path):
+    """A chunk written for other images (the pool changed, or another chunk size) is not
+    reused as if it were this one."""
+    from al_det.infer import merge_chunks
+
+    shards, _ = _chunks(tmp_path, sizes=(2, 1))
+    now = [IMAGES[:1], IMAGES[1:]]  # chunk 0 now holds one image, not two
+    with pytest.raises(DumpError, match=r"chunk_00000: shard missing or stale; rerun"):
+        merge_chunks(shards, now, {"images": IMAGES, "categories": CATS}, tmp_path / "dump", {})
+    assert not (tmp_path / "dump").exists()
