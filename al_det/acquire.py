@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from . import coco, splits
+from . import coco, splits, testhooks
 from .atomic import write_json
 from .config import ExperimentConfig, apply_overrides, override, strategy_params
 from .dump import Dump, prune_features, read_dump
@@ -252,6 +252,7 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
     record = {**selection.to_json(), "cycle": k}
     if pool is None:
         write_json(cycle.selection, record, indent=1)
+        testhooks.pause_at(f"acquire:{k}")  # test-only (AL_DET_TEST_PAUSE_AT)
         by_id = {im["id"]: im for im in unlabeled["images"]}
         write_handoff(cycle, [by_id[i] for i in selection.image_ids], dump,
                       unlabeled["categories"], cfg.data.pool_images,
@@ -266,6 +267,7 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
                                                    list(selection.image_ids), where)
     nxt = wd.cycle(k + 1)
     write_json(cycle.selection, record, indent=1)
+    testhooks.pause_at(f"acquire:{k}")  # test-only (AL_DET_TEST_PAUSE_AT)
     write_json(nxt.labeled, nxt_labeled)
     write_json(nxt.unlabeled, nxt_unlabeled)
     _prune_older(wd, k, cfg)

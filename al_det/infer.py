@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from al_det import coco
+from al_det import coco, testhooks
 from al_det.config import ExperimentConfig
 from al_det.dump import PRUNED, merge_dumps, read_dump, write_dump
 from al_det.errors import DumpError
@@ -94,6 +94,7 @@ def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, chunks: dict[int, 
                 for _ in images:
                     next(ticks, None)
         _write_chunk(wd.cycle(k).chunk(c), part, outputs, cmap, cfg)
+        testhooks.pause_at(f"infer:{k}:{c}")  # test-only (AL_DET_TEST_PAUSE_AT)
     next(ticks, None)  # close the bar
 
 
