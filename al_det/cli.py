@@ -319,11 +319,11 @@ def config_command(workdir: Path | None) -> None:
     \b
     Example:  al-det config > my.yaml   (edit, then: al-det run -c my.yaml -w runs/my)
     """
-    from al_det.config import DEFAULT_CONFIG
+    from al_det.config import default_config_text
     from al_det.workdir import Workdir, load_frozen
 
     if workdir is None:
-        click.echo(DEFAULT_CONFIG.read_text(), nl=False)
+        click.echo(default_config_text(), nl=False)
         return
     wd = Workdir(workdir)
     load_frozen(wd)  # names a folder that is no work dir

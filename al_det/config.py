@@ -180,6 +180,15 @@ def parse_yaml(text: str, source: str) -> Any:
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")  # every key, commented
 
 
+def default_config_text() -> str:
+    """The default config, every key commented; the choices of ``acquire.strategy`` and
+    ``model.name`` filled in from the strategy and model dicts (their one list)."""
+    text = DEFAULT_CONFIG.read_text()
+    for key, slot in (("acquire.strategy", "{strategies}"), ("model.name", "{models}")):
+        text = text.replace(slot, " | ".join(CHOICES[key]))
+    return text
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
     """Load ``path`` and apply ``--set`` overrides; relative data paths resolve against it."""
     path = Path(path)
