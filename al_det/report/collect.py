@@ -3,8 +3,9 @@
 Reads each work dir's frozen ``config.yaml``, ``summary.csv`` and (in a sweep root)
 ``sweep.json``; writes nothing. A path is a work dir (it has ``config.yaml``) or a folder
 searched for work dirs (a sweep root: its ``ARM/seed_N``, never its ``_cycle0`` bases).
-Work dirs group together when their frozen configs are equal but for ``seed``, ``name`` and
-(for the generated demo data) the data paths; a group is named by its sweep arm, else by its
+The work dirs of one sweep arm form a group; other work dirs group together when their
+frozen configs are equal but for ``seed``, ``name`` and (generated demo data) the data
+paths; a group is named by its sweep arm, else by its
 strategy and the acquisition parameters it sets apart from the defaults.
 """
 
@@ -121,8 +122,9 @@ def _label(cfg: ExperimentConfig) -> str:
 def group_runs(runs: list[Run]) -> list[Group]:
     """Runs grouped by config (seed aside), in order of first appearance; labels unique."""
     groups: dict[str, list[Run]] = {}
-    for r in runs:
-        groups.setdefault(_key(r.cfg), []).append(r)
+    for r in runs:  # a sweep's arm is a group by construction
+        key = f"{r.wd.root.parent.parent.resolve()}/{r.arm}" if r.arm else _key(r.cfg)
+        groups.setdefault(key, []).append(r)
     out, used = [], set()
     for members in groups.values():
         members.sort(key=lambda r: r.cfg.seed)

@@ -108,7 +108,7 @@ def curves_figure(groups: list[Group], metrics: list[str], out: Path) -> tuple[P
         ax.set_title(f"{metric}: mean ± 1 std over seeds", fontsize=10)
         ax.grid(alpha=0.3)
         _secondary_fraction(ax, pool)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle(describe(groups), fontsize=11)
     fig.tight_layout()
     return save(fig, out), sorted(set(refs))
