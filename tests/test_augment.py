@@ -130,22 +130,29 @@ def make_workdir(root: Path, demo: dict[str, Path], n_images: int = 3) -> Workdi
     return wd
 
 
-def make_cfg(demo: dict[str, Path], workers: int = 0) -> ExperimentConfig:
+def make_cfg(demo: dict[str, Path], workers: int = 0,
+             model: str = "tiny_frcnn") -> ExperimentConfig:
     return ExperimentConfig(
         seed=3, device="cpu",
         data=DataConfig(pool=str(demo["pool"]), pool_images=str(demo["images"])),
-        model=ModelConfig(name="tiny_frcnn", min_size=64, max_size=64),
-        train=TrainConfig(epochs=2, batch_size=2, lr=0.01, warmup_iters=2, workers=workers,
+        model=ModelConfig(name=model, min_size=64, max_size=64),
+        # SSD300 from scratch diverges at the small detector's lr
+        train=TrainConfig(epochs=2, batch_size=2, lr=0.01 if model == "tiny_frcnn" else 1e-4,
+                          warmup_iters=2, workers=workers,
                           checkpoint_every=100, hflip=0.5, augment="ssd"),
     )
 
 
-def test_ssd_recipe_killed_and_resumed_equals_uninterrupted(tmp_path: Path,
-                                                            demo_data: dict) -> None:
+@pytest.mark.parametrize("model", ["tiny_frcnn",
+                                   pytest.param("ssd300_vgg16", marks=pytest.mark.slow)])
+def test_ssd_recipe_killed_and_resumed_equals_uninterrupted(tmp_path: Path, demo_data: dict,
+                                                            model: str) -> None:
+    """The recipe's draws resume exactly, on the small detector and on a real SSD300 (from
+    scratch, 300 px)."""
     torch.use_deterministic_algorithms(True)
     try:
         full = make_workdir(tmp_path / "full", demo_data)
-        train.run_train(full, 0, make_cfg(demo_data))
+        train.run_train(full, 0, make_cfg(demo_data, model=model))
 
         cut = make_workdir(tmp_path / "cut", demo_data)
 
@@ -154,11 +161,12 @@ def test_ssd_recipe_killed_and_resumed_equals_uninterrupted(tmp_path: Path,
                 os.kill(os.getpid(), signal.SIGTERM)
 
         with pytest.raises(train.TrainingInterrupted):
-            train.run_train(cut, 0, make_cfg(demo_data), on_iteration=preempt)
+            train.run_train(cut, 0, make_cfg(demo_data, model=model), on_iteration=preempt)
         assert torch.load(cut.cycle(0).last_ckpt, weights_only=True)["iteration"] == 1
         seen = []
         # resumed with a loader worker process: its draws are the main process's
-        train.run_train(cut, 0, make_cfg(demo_data, workers=1), on_iteration=seen.append)
+        train.run_train(cut, 0, make_cfg(demo_data, workers=1, model=model),
+                        on_iteration=seen.append)
         assert seen == [2, 3, 4]
     finally:
         torch.use_deterministic_algorithms(False)
