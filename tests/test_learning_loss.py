@@ -110,7 +110,8 @@ def test_head_reads_the_fpn_levels_and_is_part_of_the_detector() -> None:
     model.eval()
     with torch.no_grad():
         maps = models.feature_maps(model, images)
-        pooled = [torch.relu(fc(maps[k].mean(dim=(2, 3)))) for k, fc in zip("012", head.fcs)]
+        pooled = [torch.relu(fc(maps[k].mean(dim=(2, 3))))
+                  for k, fc in zip("012", head.fcs, strict=True)]
         want = head.out(torch.cat(pooled, 1))[:, 0]
         torch.testing.assert_close(head(maps), want)
         out = models.predict_with_features(model, images)
@@ -321,3 +322,54 @@ def test_probs_columns_follow_the_dump_categories() -> None:
     assert columns.tolist() == [0, 3, 1, 2]
     model_row = np.array([[0.1, 0.2, 0.3, 0.4]])  # background, label 1 (id 3), 2 (7), 3 (11)
     assert model_row[:, columns].tolist() == [[0.1, 0.4, 0.2, 0.3]]
+
+
+# ------------------------------------------------------------------------- the whole loop
+TINY = """\
+name: tiny
+seed: 3
+cycles: 2
+initial: 12
+data:
+  synthetic: {{n_pool: 40, n_test: 4, image_size: 128, seed: 1}}
+model: {{name: tiny_frcnn, min_size: 128, max_size: 128, loss_prediction: {{enabled: {ll}}}}}
+train: {{epochs: 1, batch_size: 4, warmup_iters: 2, workers: 0}}
+infer: {{batch_size: 8, workers: 0, score_thresh: 0.0, chunk_size: 16}}
+acquire: {{strategy: {strategy}, budget: 7}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["cdal", "coreset", "learning_loss"])
+def test_run_two_cycles(tmp_path: Path, strategy: str) -> None:
+    from click.testing import CliRunner
+
+    from al_det.cli import main
+    from al_det.dump import read_dump
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.format(strategy=strategy, ll=str(strategy == "learning_loss").lower()))
+    wd = tmp_path / "wd"
+    result = CliRunner().invoke(main, ["run", "-c", str(config), "-w", str(wd)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    c0 = wd / "cycle_000"
+    unlabeled = json.loads((c0 / "unlabeled.json").read_text())["images"]
+    labeled = json.loads((c0 / "labeled.json").read_text())["images"]
+    dump = read_dump(c0 / "dump")
+    if strategy == "learning_loss":  # the candidates only, and each one's predicted loss
+        assert dump.image_ids == [im["id"] for im in unlabeled]
+        assert dump.loss_pred is not None and dump.probs is None
+        assert np.unique(dump.loss_pred).size == len(unlabeled)
+    else:  # the labeled images after the candidates: the initial centres
+        assert dump.image_ids == [im["id"] for im in unlabeled + labeled]
+        assert (dump.probs is not None) == (strategy == "cdal") and dump.loss_pred is None
+    if dump.probs is not None:
+        assert dump.probs.dtype == np.float16 and dump.probs.shape == (len(dump.labels), 7)
+    selection = json.loads((c0 / "selection.json").read_text())
+    assert selection["strategy"] == strategy and len(selection["images"]) == 7
+    picked = {im["id"] for im in selection["images"]}
+    assert picked <= {im["id"] for im in unlabeled}
+    nxt = json.loads((wd / "cycle_001" / "labeled.json").read_text())["images"]
+    assert {im["id"] for im in nxt} == picked | {im["id"] for im in labeled}
+    assert (wd / "cycle_001" / "model.pth").exists()
