@@ -373,3 +373,75 @@ def test_run_two_cycles(tmp_path: Path, strategy: str) -> None:
     nxt = json.loads((wd / "cycle_001" / "labeled.json").read_text())["images"]
     assert {im["id"] for im in nxt} == picked | {im["id"] for im in labeled}
     assert (wd / "cycle_001" / "model.pth").exists()
+
+
+# ------------------------------------------------------------------------------------- DDP
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+import torch
+from al_det import dist, train
+from al_det.config import (DataConfig, ExperimentConfig, LossPredictionConfig, ModelConfig,
+                           TrainConfig)
+from al_det.workdir import Workdir
+
+wd, pool, images = sys.argv[1:4]
+cfg = ExperimentConfig(
+    seed=3, device="cpu", data=DataConfig(pool=pool, pool_images=images),
+    model=ModelConfig(name="tiny_frcnn", min_size=64, max_size=64,
+                      loss_prediction=LossPredictionConfig(enabled=True, detach_after=0.5)),
+    train=TrainConfig(epochs=2, batch_size=4, lr=0.01, warmup_iters=1, workers=0,
+                      checkpoint_every=100))
+info = dist.init_distributed(cfg.device)
+assert info.world_size == 2, info
+real = train._save_final
+
+
+def save_each_rank(run):  # every rank's own weights: equal only if DDP synced the gradients
+    assert isinstance(run.model, torch.nn.parallel.DistributedDataParallel)
+    torch.save(run.net.state_dict(), Path(wd) / f"rank{info.rank}.pth")
+    return real(run)
+
+
+train._save_final = save_each_rank
+try:
+    train.run_train(Workdir(Path(wd)), 0, cfg)
+finally:
+    dist.cleanup()
+"""
+
+
+@pytest.mark.dist
+def test_ddp_syncs_the_head(tmp_path: Path, demo_data: dict) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    wd = _workdir(tmp_path / "wd", demo_data, n_images=8)  # 2 iterations of 2 images per rank
+    script = tmp_path / "ddp_script.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+           str(wd.root), str(demo_data["pool"]), str(demo_data["images"])]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    a = torch.load(wd.root / "rank0.pth", weights_only=True)
+    b = torch.load(wd.root / "rank1.pth", weights_only=True)
+    head = [k for k in a if k.startswith("loss_prediction.")]
+    assert head and a.keys() == b.keys()
+    # parameters, not batch-norm statistics (each rank's own batches since the last broadcast)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert all(k.endswith(stats) for k in differ), differ
+    initial = _build(size=64).state_dict()  # the head trained: it moved from its init
+    assert not all(torch.equal(a[k], initial[k]) for k in head)
+    saved = torch.load(wd.cycle(0).model, weights_only=True)["model"]
+    assert all(torch.equal(saved[k], a[k]) for k in a)
+    log = [json.loads(x) for x in wd.cycle(0).train_log.read_text().splitlines()]
+    assert "loss_ll" in log[-1]
