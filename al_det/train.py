@@ -12,9 +12,13 @@ Writes (rank 0 only, every file atomically):
   stage is done, and ``last.pth`` is then removed.
 
 The schedule counts iterations: ``epochs * ceil(n_labeled / batch_size)``, with ``batch_size``
-the global batch split evenly over the processes. The data order and flips are a pure function
-of (seed, cycle, epoch, position) and all RNG states are restored, so a resumed run ends with
-the weights the uninterrupted run would have produced.
+the global batch split evenly over the processes. With ``model.loss_prediction.enabled`` the
+step runs :class:`al_det.models.lossnet.LossPredictionTrainer` (the module DDP wraps) and adds
+its ranking loss ``loss_ll``; the module's input is detached from iteration
+``round(detach_after * total)`` on, a function of the iteration alone (resumes repeat it).
+The data order and flips are a pure function of (seed, cycle, epoch, position) and all RNG
+states are restored, so a resumed run ends with the weights the uninterrupted run would have
+produced.
 """
 
 from __future__ import annotations
