@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from . import coco, splits
+from . import coco, splits, testhooks
 from .atomic import write_json
 from .config import ExperimentConfig, apply_overrides, override, strategy_params
-from .dump import Dump, read_dump
+from .dump import Dump, prune_features, read_dump
 from .errors import AcquireError, CocoError, ConfigError, SplitError, WorkdirError
 from .handoff import write_handoff
 from .strategies import STRATEGIES, Strategy, make_strategy
@@ -252,6 +252,7 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
     record = {**selection.to_json(), "cycle": k}
     if pool is None:
         write_json(cycle.selection, record, indent=1)
+        testhooks.pause_at(f"acquire:{k}")  # test-only (AL_DET_TEST_PAUSE_AT)
         by_id = {im["id"]: im for im in unlabeled["images"]}
         write_handoff(cycle, [by_id[i] for i in selection.image_ids], dump,
                       unlabeled["categories"], cfg.data.pool_images,
@@ -259,17 +260,31 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
                       model_version=f"{cfg.name} cycle {k} {cfg.model.name}")
         # to_label.json last: it marks the acquisition as done
         write_json(cycle.to_label, coco_selection(selection))
+        _prune_older(wd, k, cfg)
         log.info("cycle %d: %d images to label in %s", k, budget, cycle.to_label)
         return selection
     nxt_labeled, nxt_unlabeled = splits.next_splits(pool, labeled, unlabeled,
                                                    list(selection.image_ids), where)
     nxt = wd.cycle(k + 1)
     write_json(cycle.selection, record, indent=1)
+    testhooks.pause_at(f"acquire:{k}")  # test-only (AL_DET_TEST_PAUSE_AT)
     write_json(nxt.labeled, nxt_labeled)
     write_json(nxt.unlabeled, nxt_unlabeled)
+    _prune_older(wd, k, cfg)
     log.info("cycle %d: %s selected %d images -> cycle %d has %d labeled", k,
              cfg.acquire.strategy, budget, k + 1, len(nxt_labeled["images"]))
     return selection
+
+
+def _prune_older(wd: Workdir, k: int, cfg: ExperimentConfig) -> None:
+    """``infer.keep_features: last``: the cycles before ``k`` are acquired, so their feature
+    arrays (the bulk of a dump: ~9 GB a COCO cycle) go; this cycle's stay for reports."""
+    if cfg.infer.keep_features != "last":
+        return
+    freed = sum(prune_features(wd.cycle(j).dump) for j in range(k) if wd.cycle(j).dump.is_dir())
+    if freed:
+        log.info("deleted the feature arrays of cycles before %d (%.1f MB; infer.keep_features:"
+                 " last)", k, freed / 2**20)
 
 
 def _check_dump_matches(dump: Dump, unlabeled: dict, path: Path) -> None:

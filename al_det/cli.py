@@ -319,11 +319,11 @@ def config_command(workdir: Path | None) -> None:
     \b
     Example:  al-det config > my.yaml   (edit, then: al-det run -c my.yaml -w runs/my)
     """
-    from al_det.config import DEFAULT_CONFIG
+    from al_det.config import default_config_text
     from al_det.workdir import Workdir, load_frozen
 
     if workdir is None:
-        click.echo(DEFAULT_CONFIG.read_text(), nl=False)
+        click.echo(default_config_text(), nl=False)
         return
     wd = Workdir(workdir)
     load_frozen(wd)  # names a folder that is no work dir
@@ -339,22 +339,112 @@ def status(workdir: Path) -> None:
     \b
     Example:  al-det status -w runs/demo
     """
+    from al_det.sweep_plan import is_sweep_root
+
+    if is_sweep_root(workdir):
+        from al_det.sweep_status import sweep_table
+
+        click.echo(sweep_table(workdir))
+        return
     from al_det.run import status_table
 
     click.echo(status_table(workdir))
 
 
+def _csv(kind: type) -> Callable[[click.Context, click.Parameter, str | None], list | None]:
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
+        if value is None:
+            return None
+        try:
+            return [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: a comma-separated list") from None
+
+    return parse
+
+
 @main.command()
-@workdir_opt
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG path (default WORKDIR/curve.png).")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="An experiment config or a sweep file (configs/sweeps/); needed the first "
+                   "time, then ROOT/sweep.json is the plan.")
+@click.option("-w", "--root", "root", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The sweep's root: one work dir per ARM/seed_N below it.")
+@click.option("--strategies", callback=_csv(str), default=None, metavar="A,B,...",
+              help="Strategies to compare (replaces the sweep file's).")
+@click.option("--seeds", callback=_csv(int), default=None, metavar="0,1,...",
+              help="Seeds (replaces the sweep file's; default 0).")
+@set_opt
+@click.option("--task", type=int, default=None,
+              help="Run only this task (Slurm array index; --list shows them).")
+@click.option("--list", "list_tasks", is_flag=True, help="Print the tasks and exit.")
+@click.option("--stages", "list_stages", is_flag=True,
+              help="With --task: prepare its work dir, print it and its remaining stages "
+                   "('CYCLE STAGE' lines), run nothing (for scripts that launch torchrun).")
 @_friendly
-def report(workdir: Path, output: Path | None) -> None:
-    """Plot AP over the labeled fraction (needs matplotlib: pip install al-det[plot]).
+def sweep(config_path: Path | None, root: Path, strategies: list[str] | None,
+          seeds: list[int] | None, overrides: tuple[str, ...], task: int | None,
+          list_tasks: bool, list_stages: bool) -> None:
+    """Compare strategies (or parameter sets) over seeds: a work dir per (arm, seed).
+
+    Cycle 0 is trained, evaluated and inferred once per seed (ROOT/_cycle0/seed_N) and
+    shared by that seed's work dirs. Resumable: rerun the same command (or just -w ROOT).
 
     \b
-    Example:  al-det report -w runs/demo   -> runs/demo/curve.png
+    Example:  al-det sweep -c configs/demo.yaml -w runs/bench \\
+                  --strategies random,entropy,enms_divproto --seeds 0,1,2
+              al-det sweep -c configs/sweeps/table_a.yaml -w runs/table_a
+              al-det status -w runs/bench;  al-det report runs/bench
     """
-    from al_det.report import plot_summary
+    from al_det import sweep as sw
+    from al_det.errors import ConfigError
+    from al_det.sweep_plan import make_plan, settle_plan
 
-    click.echo(plot_summary(workdir, output))
+    if config_path is None and (strategies or seeds or overrides):
+        raise ConfigError("sweep: --strategies, --seeds and --set need -c CONFIG")
+    plan = make_plan(config_path, strategies, seeds, overrides) if config_path else None
+    plan = settle_plan(root, plan)
+    if list_tasks:
+        for i, (kind, arm, seed) in enumerate(plan.tasks()):
+            path = sw.base_dir(root, seed) if kind == "base" else sw.member_dir(root, arm, seed)
+            click.echo(f"{i} {kind} {path}")
+        return
+    if list_stages:
+        if task is None:
+            raise ConfigError("sweep: --stages needs --task I")
+        path, stages = sw.prepare_task(root, plan, task)
+        click.echo("\n".join([str(path), *stages]))
+        return
+    if task is not None:
+        sw.run_task(root, plan, task)
+        return
+    sw.run_sweep(root, plan)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-w", "--workdir", "workdirs", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="A work dir or sweep root (repeatable; the same as a PATH argument).")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for report.md, its figures and CSVs (default: FIRST_PATH/report).")
+@click.option("--cycle", type=int, default=0,
+              help="The cycle whose selections the t-SNE and contact sheets show.")
+@_friendly
+def report(paths: tuple[Path, ...], workdirs: tuple[Path, ...], output: Path | None,
+           cycle: int) -> None:
+    """Compare work dirs: report.md with figures, grouped by strategy/variant over seeds.
+
+    Needs matplotlib (pip install "al-det[plot]"; the t-SNE also scikit-learn).
+
+    \b
+    Example:  al-det report runs/bench              -> runs/bench/report/report.md
+              al-det report runs/a runs/b -o out/
+    """
+    from al_det.errors import ConfigError
+    from al_det.report import write_report
+
+    given = [*paths, *workdirs]
+    if not given:
+        raise ConfigError("report: name at least one work dir or sweep root")
+    click.echo(write_report(given, output, cycle))

@@ -99,6 +99,7 @@ class InferConfig:
     workers: int = 2
     feature_dtype: str = "float16"
     chunk_size: int = 256  # images per inference shard: the work a kill can lose
+    keep_features: str = "last"  # all | last: delete older cycles' feature arrays once acquired
     probs: bool = False  # write probs.npy (always when the strategy reads it, e.g. cdal)
 
 
@@ -148,6 +149,7 @@ CHOICES = {
     "mode": ("simulation", "labelling"),
     "acquire.strategy": tuple(STRATEGIES),
     "infer.feature_dtype": ("float16", "float32"),
+    "infer.keep_features": ("all", "last"),
     "train.augment": ("hflip", "ssd"),
     "evaluate.metric": ("coco", "voc07"),
     "model.name": MODEL_NAMES,  # the keys of al_det.models.ADAPTERS
@@ -188,6 +190,15 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")  # every key, commented
+
+
+def default_config_text() -> str:
+    """The default config, every key commented; the choices of ``acquire.strategy`` and
+    ``model.name`` filled in from the strategy and model dicts (their one list)."""
+    text = DEFAULT_CONFIG.read_text()
+    for key, slot in (("acquire.strategy", "{strategies}"), ("model.name", "{models}")):
+        text = text.replace(slot, " | ".join(CHOICES[key]))
+    return text
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:

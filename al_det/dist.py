@@ -10,6 +10,13 @@ One failing rank must make all ranks exit promptly, not after the 30-minute defa
 timeout: collectives time out after ``AL_DET_DIST_TIMEOUT`` seconds (default 300), NCCL's async
 error handling is on, and gloo raises as soon as a peer's connection closes. Under torchrun the
 agent also stops the surviving workers when one exits non-zero.
+
+When a collective of this module fails (a peer died or timed out), the survivor prints one line
+naming the rank it lost and exits at once with :data:`EXIT_PEER_LOST`, through ``os._exit``:
+a normal interpreter exit would run the destructors of the broken process group (gloo's
+pairs, the TCPStore and c10d's threads), which can abort the process with SIGABRT
+("terminate called without an active exception") or hang, instead of giving the launcher
+and Slurm's requeue logic a clean status.
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import datetime
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,6 +35,7 @@ import torch.distributed as dist
 from al_det.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 300
+EXIT_PEER_LOST = 3  # a collective failed: another rank died or cannot be reached
 T = TypeVar("T")
 _info: DistInfo | None = None
 
@@ -171,9 +179,38 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def peer_lost(op: str, exc: BaseException) -> NoReturn:
+    """Report a failed collective in one line and leave at once with :data:`EXIT_PEER_LOST`.
+
+    ``os._exit`` on purpose: ``sys.exit`` would tear the broken process group down with the
+    interpreter, and its C++ destructors can abort (SIGABRT) or block. Nothing is lost that a
+    rerun needs: every artifact is written atomically and temp files are cleaned on restart.
+    """
+    me = info()
+    others = [r for r in range(me.world_size) if r != me.rank]
+    lost = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others}"
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    # gloo's text starts with a source location and ends with advice; keep the reason
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]
+    sys.stdout.flush()
+    print(f"al-det: error: rank {me.rank} of {me.world_size}: lost {lost} during {op} "
+          f"({reason}); that process died or hung: see its log, then rerun the same command "
+          "(it resumes)", file=sys.stderr, flush=True)
+    os._exit(EXIT_PEER_LOST)
+
+
+def _collective(op: str, call: Callable[[], T]) -> T:
+    """``call()``, a collective; its failure (RuntimeError from gloo/nccl) ends the process."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        peer_lost(op, exc)
+
+
 def barrier() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        _collective("barrier", dist.barrier)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -181,7 +218,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not dist.is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    _collective("broadcast_object", lambda: dist.broadcast_object_list(box, src=src))
     return box[0]
 
 
@@ -190,7 +227,7 @@ def all_gather_object(obj: Any) -> list[Any]:
     if not dist.is_initialized():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    _collective("all_gather_object", lambda: dist.all_gather_object(out, obj))
     return out
 
 
@@ -198,7 +235,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of ``t`` over ranks (a new tensor; ``t`` itself unchanged)."""
     t = t.detach().clone()
     if dist.is_initialized():
-        dist.all_reduce(t)
+        _collective("all_reduce", lambda: dist.all_reduce(t))
     return t
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, write_text
 from .errors import DumpError
 from .kernels import first_bad_prob_row, first_nonfinite_row
 
@@ -30,6 +30,9 @@ FORMAT = "al-det/detections"
 VERSION = 1
 ARRAYS = ("offsets", "boxes", "scores", "labels", "features")
 OPTIONAL = ("image_features", "probs", "loss_pred")
+# the large arrays that infer.keep_features: last deletes once a cycle's acquisition is done
+PRUNABLE = ("features", "image_features", "probs")
+PRUNED = "PRUNED"  # marker file of a dump whose PRUNABLE arrays were deleted
 FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 # The spec's table: the dtypes each array may have; the last one is the conversion suggested.
 DTYPES = {
@@ -361,6 +364,10 @@ def _read_meta(path: Path) -> dict:
 
 def _load(path: Path, name: str) -> np.ndarray:
     f = path / f"{name}.npy"
+    if not f.is_file() and (path / PRUNED).is_file():
+        raise DumpError(f"{f}: deleted after the cycle's acquisition (infer.keep_features: last);"
+                        f" boxes, scores and labels are kept; to have it again, delete {path} "
+                        "and rerun `al-det infer` for this cycle")
     if not f.is_file():
         raise DumpError(f"{f}: missing; the dump is incomplete, rerun `al-det infer`")
     try:
@@ -478,3 +485,19 @@ def _check_detections(dump: Dump) -> None:
         if not np.isfinite(boxes).all():
             row = start + int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])
             raise DumpError(f"{dump.path / 'boxes.npy'}: NaN or infinity in detection row {row}")
+
+
+def prune_features(path: str | os.PathLike) -> int:
+    """Delete the dump's feature arrays (:data:`PRUNABLE`), keeping offsets, boxes, scores,
+    labels and meta.json, and mark the dump as pruned; returns the bytes freed. The marker is
+    written first, so a kill in between leaves a dump that says why its files are gone."""
+    path = Path(path)
+    present = [path / f"{n}.npy" for n in PRUNABLE if (path / f"{n}.npy").is_file()]
+    if not present:
+        return 0
+    freed = sum(f.stat().st_size for f in present)
+    write_text(path / PRUNED, "feature arrays deleted after acquisition (infer.keep_features: "
+                              "last): " + ", ".join(f.name for f in present) + "\n")
+    for f in present:
+        f.unlink()
+    return freed

@@ -21,7 +21,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from al_det import atomic, coco, metrics
+from al_det import atomic, coco, metrics, testhooks
 from al_det.config import ExperimentConfig
 from al_det.errors import ConfigError
 from al_det.results import load_results
@@ -42,6 +42,7 @@ def run_evaluate(wd: Workdir, k: int, cfg: ExperimentConfig) -> dict | None:
     test_path = Path(cfg.data.test)
     test = coco.load_coco(test_path)
     results = _predict(wd, k, cfg, test)
+    testhooks.pause_at(f"evaluate:{k}")  # test-only (AL_DET_TEST_PAUSE_AT)
     gathered = dist.all_gather_object(results)
     if not dist.is_main():
         return None

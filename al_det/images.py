@@ -62,7 +62,7 @@ def _probe(path: Path, im: dict) -> str | None:
 
 def _describe(e: Exception) -> str:
     msg = str(e) or type(e).__name__
-    if "truncated" in msg:
+    if "truncated" in msg.lower():  # PIL says "image file is truncated" or "Truncated File Read"
         return "truncated"
     return f"unreadable ({msg})"
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from al_det import coco
+from al_det import coco, testhooks
 from al_det.config import ExperimentConfig
-from al_det.dump import merge_dumps, read_dump, write_dump
+from al_det.dump import PRUNED, merge_dumps, read_dump, write_dump
 from al_det.errors import DumpError
 from al_det.strategies import STRATEGIES
 from al_det.workdir import Cycle, Workdir, read_split
@@ -36,6 +36,9 @@ def run_infer(wd: Workdir, k: int, cfg: ExperimentConfig) -> Path:
     from al_det import dist
 
     cycle = wd.cycle(k)
+    if (cycle.dump / PRUNED).exists():
+        log.info("%s: done; its feature arrays were deleted after acquisition", cycle.dump)
+        return cycle.dump
     if (cycle.dump / "meta.json").exists():
         try:  # done, if it reads: a damaged dump is named, not taken for a finished stage
             read_dump(cycle.dump, check_features=False)
@@ -103,6 +106,7 @@ def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, chunks: dict[int, 
                 for _ in images:
                     next(ticks, None)
         _write_chunk(wd.cycle(k).chunk(c), part, outputs, cmap, cfg)
+        testhooks.pause_at(f"infer:{k}:{c}")  # test-only (AL_DET_TEST_PAUSE_AT)
     next(ticks, None)  # close the bar
 
 

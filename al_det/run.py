@@ -26,6 +26,7 @@ def run_experiment(config_path: Path | None, workdir: Path, overrides: Sequence[
     from al_det.config import override
     from al_det.init import run_init
     from al_det.stages import stage_function
+    from al_det.timings import run_timed
     from al_det.workdir import locked_workdir, open_workdir
 
     wd = Workdir(Path(workdir))
@@ -45,7 +46,8 @@ def run_experiment(config_path: Path | None, workdir: Path, overrides: Sequence[
                     if wd.stage_done(k, stage, cfg.mode):
                         skipped.setdefault(k, []).append(stage)
                     else:
-                        stage_function(stage)(wd, k, cfg)
+                        run_timed(wd.root, k, stage,
+                                  lambda s=stage, k=k: stage_function(s)(wd, k, cfg))
         finally:
             dist.cleanup()
     if skipped:

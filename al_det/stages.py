@@ -16,6 +16,7 @@ from pathlib import Path
 
 from al_det.atomic import clean_tmp
 from al_det.errors import WorkdirError
+from al_det.timings import run_timed
 from al_det.workdir import RunLock, adopt_changes, find_changes, open_workdir
 
 # module and function of each stage, imported on use: acquire never imports torch
@@ -49,7 +50,7 @@ def run_stage(stage: str, workdir: Path, cycle: int | None, force: bool = False)
                 adopt_changes(wd, cfg, find_changes(wd, cfg))  # what open_workdir let pass
                 clean_tmp(wd.cycle(k).root)
             dist.barrier()
-            run(wd, k, cfg)
+            run_timed(wd.root, k, stage, lambda: run(wd, k, cfg))
     finally:
         dist.cleanup()
 

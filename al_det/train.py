@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from al_det import checkpoint, data, dist
+from al_det import checkpoint, data, dist, testhooks
 from al_det.atomic import write_json, write_text
 from al_det.coco import CategoryMap, load_coco
 from al_det.config import ExperimentConfig, TrainConfig
@@ -237,6 +237,8 @@ def _epochs(run: _Run, stop: threading.Event, on_iteration: Callable[[int], None
                 on_iteration(run.iteration)
             if run.iteration % t.checkpoint_every == 0 and run.iteration < run.total:
                 save_checkpoint(run)
+            if run.info.is_main:  # test-only (AL_DET_TEST_PAUSE_AT); a no-op in normal runs
+                testhooks.pause_at(f"train:{run.k}:{run.iteration}", until=stop.is_set)
         if run.iteration < run.total and run.saved_at != run.iteration:
             save_checkpoint(run)  # epoch end
 

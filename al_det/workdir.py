@@ -9,7 +9,8 @@ Layout (a stage is done when its final file exists; all writes are atomic)::
     WORKDIR/history.jsonl          forced changes of config or versions, one JSON line each
     WORKDIR/data/                  the generated demo dataset (synthetic configs only)
     WORKDIR/summary.csv            one row per evaluated cycle
-    WORKDIR/curve.png              al-det report
+    WORKDIR/timings.jsonl          seconds of each completed stage run (al_det/timings.py)
+    WORKDIR/report/                al-det report's default output
     WORKDIR/.lock                  held by the process driving the work dir
     WORKDIR/cycle_KKK/labeled.json, unlabeled.json
                       train/last.pth (resumable), train/log.jsonl, train/interrupted,

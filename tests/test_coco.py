@@ -224,7 +224,17 @@ def save_images(root, coco):
 def test_check_images_ok(tmp_path):
     coco = make_coco()
     save_images(tmp_path / "img", coco)
-    check_images(coco, tmp_path / "img", "pool.json")
+    # stored 30x40 but displayed 40x30 by its EXIF orientation: matches the record too
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    coco["images"][3]["file_name"] = "rotated.jpg"
+    Image.new("RGB", (30, 40)).save(tmp_path / "img" / "rotated.jpg", exif=exif.tobytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # valid images: no error and no warning either
+        assert check_images(coco, tmp_path / "img", "pool.json") is None
+    coco["images"][3]["width"] = 41
+    with pytest.raises(CocoError, match=r"rotated\.jpg \(image id 13\): file is 30x40"):
+        check_images(coco, tmp_path / "img", "pool.json")  # the files really were checked
 
 
 def test_check_images_reports_all_problems(tmp_path):
@@ -243,7 +253,7 @@ def test_check_images_reports_all_problems(tmp_path):
     assert msg.startswith("pool.json: 4 of 4 images")
     assert "img_0.png (image id 10): missing" in msg
     assert "img_1.png (image id 11): unreadable" in msg
-    assert "img_2.png (image id 12)" in msg
+    assert "img_2.png (image id 12): truncated" in msg
     assert "img_3.png (image id 13): file is 50x50 but the record says 40x30" in msg
 
 
@@ -282,13 +292,19 @@ def test_load_image_converts_to_rgb(tmp_path, mode):
 
 
 def test_load_image_applies_exif_orientation(tmp_path):
-    img = Image.new("RGB", (6, 2), (255, 0, 0))
-    img.putpixel((0, 0), (0, 0, 255))
+    # stored 24x8, red with a blue 8x8 marker at the left end
+    img = Image.new("RGB", (24, 8), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 8, 8))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    img.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=100)
+    img.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=100, subsampling=0)
     out = load_image(tmp_path / "r.jpg", 1)
-    assert out.size == (2, 6)
+    assert out.size == (8, 24)
+    # turned clockwise, the left end is on top: the marker's centre, then the red far end
+    r, g, b = out.getpixel((4, 4))
+    assert b > 200 and r < 50, (r, g, b)
+    r, g, b = out.getpixel((4, 20))
+    assert r > 200 and b < 50, (r, g, b)
 
 
 def test_load_image_errors_name_file_and_id(tmp_path):

@@ -125,9 +125,9 @@ def test_acquire_defaults_match_the_strategies() -> None:
 def test_default_yaml_is_every_key_with_its_default_and_a_comment() -> None:
     import yaml
 
-    from al_det.config import CHOICES, DEFAULT_CONFIG, ExperimentConfig, to_dict
+    from al_det.config import CHOICES, ExperimentConfig, default_config_text, to_dict
 
-    text = DEFAULT_CONFIG.read_text()
+    text = default_config_text()
     assert yaml.safe_load(text) == to_dict(ExperimentConfig())
     keys = [line for line in text.splitlines() if line and not line.lstrip().startswith("#")]
     assert all(" # " in line for line in keys), [k for k in keys if " # " not in k]

@@ -4,14 +4,11 @@ uninterrupted run ends: the same splits in every cycle and no temporary file lef
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from procs import PAUSE_ENV, Proc, al_det_cmd, child_env
 
 CONFIG = """\
 seed: 5
@@ -25,39 +22,26 @@ infer: {batch_size: 4, workers: 0, score_thresh: 0.0, chunk_size: 8}
 acquire: {strategy: enms_divproto, budget: 6}
 """
 
-# kill when these appear: mid-training, mid-inference, after the acquisition, next training
-TRIGGERS = (
-    "cycle_000/train/last.pth",
-    "cycle_000/dump_shards/chunk_00001/meta.json",
-    "cycle_000/selection.json",
-    "cycle_001/train/last.pth",
-    "cycle_001/dump_shards/chunk_00000/meta.json",
+# (testhooks point, what must exist when the process is paused there): mid-training after a
+# checkpoint, mid-inference after a chunk, after the selection but before the next splits,
+# the next cycle's training and inference
+KILL_POINTS = (
+    ("train:0:2", "cycle_000/train/last.pth"),
+    ("infer:0:1", "cycle_000/dump_shards/chunk_00001/meta.json"),
+    ("acquire:0", "cycle_000/selection.json"),
+    ("train:1:2", "cycle_001/train/last.pth"),
+    ("infer:1:0", "cycle_001/dump_shards/chunk_00000/meta.json"),
 )
 
 
-def start_run(config: Path, wd: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "al_det", "run", "-c", str(config), "-w", str(wd)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_run(config: Path, wd: Path, pause_at: str | None = None) -> Proc:
+    extra = {PAUSE_ENV: pause_at} if pause_at else {}
+    return Proc(al_det_cmd("run", "-c", str(config), "-w", str(wd)), child_env(**extra))
 
 
-def kill_when(proc: subprocess.Popen, path: Path, timeout: float = 300) -> bool:
-    """SIGKILL ``proc`` as soon as ``path`` exists; False if it ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"{path} did not appear in {timeout} s")
-
-
-def finish(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
+def finish(proc: Proc) -> None:
+    rc, _, err = proc.finish(timeout=600)
+    assert rc == 0, err[-3000:]
 
 
 def splits(wd: Path) -> list[tuple[list[int], list[int]]]:
@@ -76,14 +60,17 @@ def test_sigkill_at_several_points_then_rerun_matches_uninterrupted(tmp_path: Pa
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
     finish(start_run(config, ref))
 
-    kills = 0
-    for trigger in TRIGGERS:
-        proc = start_run(config, crashed)
-        if kill_when(proc, crashed / trigger):
-            kills += 1
-        else:
-            assert proc.returncode == 0, proc.stderr.read()
-    assert kills >= 3
+    for point, artifact in KILL_POINTS:
+        proc = start_run(config, crashed, pause_at=point)
+        try:
+            proc.wait_pause(point)  # paused right there: the kill happens at that point, always
+            assert (crashed / artifact).exists(), (point, artifact)
+            if point.startswith("acquire"):
+                assert not (crashed / "cycle_001" / "unlabeled.json").exists()
+            proc.signal(signal.SIGKILL)
+            assert proc.finish()[0] == -signal.SIGKILL
+        finally:
+            proc.kill()
     finish(start_run(config, crashed))
 
     assert len(splits(ref)) == 3

@@ -57,9 +57,19 @@ def test_flip_is_deterministic_and_mirrors_boxes(pool: dict, demo_data: dict) ->
     assert torch.equal(ftarget["boxes"][:, 0], w - target["boxes"][:, 2])
     assert torch.equal(ftarget["boxes"][:, 2], w - target["boxes"][:, 0])
     decisions = [data.flip_decision(7, e, i, 0.5) for e in range(3) for i in range(40)]
-    assert decisions == [data.flip_decision(7, e, i, 0.5) for e in range(3) for i in range(40)]
     assert 30 < sum(decisions) < 90  # about half
+    assert decisions != [data.flip_decision(8, e, i, 0.5) for e in range(3) for i in range(40)]
+    assert decisions[:40] != decisions[40:80]  # each epoch flips other images
     assert not any(data.flip_decision(7, 0, i, 0.0) for i in range(40))
+    # the dataset flips an item exactly when flip_decision says so (the resume relies on it)
+    half = data.DetectionDataset(pool, demo_data["images"], cmap, hflip=0.5, seed=7)
+    epoch1 = decisions[40:80]
+    chosen = [i for i in range(40) if epoch1[i]][:3] + [i for i in range(40) if not epoch1[i]][:3]
+    assert len(chosen) == 6  # flipped and unflipped items both checked
+    for i in chosen:
+        got, _ = half[(i, 1)]
+        want = plain[i][0]
+        assert torch.equal(got, want.flip(-1) if epoch1[i] else want), i
 
 
 @pytest.mark.parametrize("n,batch", [(11, 4), (12, 4), (5, 8), (9, 4)])
@@ -79,8 +89,11 @@ def test_global_batches_do_not_depend_on_world_size(n: int, batch: int) -> None:
 
 
 def test_epochs_differ_and_resume_starts_mid_epoch() -> None:
-    assert data.global_batches(20, 4, 1, 0) != data.global_batches(20, 4, 1, 1)
-    assert data.global_batches(20, 4, 1, 0) == data.global_batches(20, 4, 1, 0)
+    first = data.global_batches(20, 4, 1, 0)
+    assert first != data.global_batches(20, 4, 1, 1) and first != data.global_batches(20, 4, 2, 0)
+    torch.manual_seed(99)
+    np.random.seed(99)  # the order is a function of (seed, epoch), not of the global RNGs
+    assert data.global_batches(20, 4, 1, 0) == first
     full = list(data.TrainBatchSampler(10, 3, seed=0, epoch=1, rank=1, world=3))
     tail = list(data.TrainBatchSampler(10, 3, seed=0, epoch=1, rank=1, world=3, start=2))
     assert tail == full[2:] and len(full) == 4

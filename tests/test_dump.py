@@ -11,6 +11,7 @@ import pytest
 
 from al_det.dump import read_dump, write_dump
 from al_det.errors import DumpError
+from al_det.workdir import Cycle
 
 CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
 IMAGES = [{"id": 11, "file_name": "a.jpg", "width": 8, "height": 8},
@@ -140,7 +141,8 @@ def test_feature_nan_rejected(tmp_path, dtype, bad):
 
 def test_large_float16_values_are_finite(tmp_path):
     f = np.full((3, 4), 65504, np.float16)  # largest finite half
-    read_dump(make(tmp_path, features=f))
+    dump = read_dump(make(tmp_path, features=f))
+    assert dump.features.dtype == np.float16 and np.array_equal(dump.features, f)
 
 
 def test_image_features_nan_rejected(tmp_path):
@@ -248,3 +250,54 @@ def test_image_features_nan_names_its_row(tmp_path, monkeypatch):
     f[2, 1] = np.nan
     with pytest.raises(DumpError, match=r"image_features.npy: NaN or infinity in image row 2;"):
         read_dump(make(tmp_path, image_features=f))
+
+
+# --------------------------------------------------------------------------- infer's merge
+def _chunks(tmp_path, sizes=(2, 1)):
+    """Chunk dumps of IMAGES as infer writes them (chunk_NNNNN under dump_shards)."""
+    cycle = Cycle(tmp_path)
+    chunks, start = [], 0
+    for c, n in enumerate(sizes):
+        images = IMAGES[start:start + n]
+        write_dump(cycle.chunk(c), images, CATS, offsets=list(range(n + 1)),
+                   boxes=np.ones((n, 4)), scores=[0.5] * n, labels=[3] * n,
+                   features=np.full((n, 4), c + 1, np.float32),
+                   image_features=np.zeros((n, 2), np.float32))
+        chunks.append(images)
+        start += n
+    return cycle, chunks
+
+
+def test_merge_of_chunks_equals_their_concatenation(tmp_path):
+    from al_det.infer import merge_chunks
+
+    cycle, chunks = _chunks(tmp_path)
+    pool = {"images": IMAGES, "categories": CATS}
+    merge_chunks(cycle, chunks, pool, {"cycle": 0})
+    dump = read_dump(tmp_path / "dump")
+    assert dump.image_ids == [11, 22, 33] and dump.offsets.tolist() == [0, 1, 2, 3]
+    assert np.asarray(dump.features)[:, 0].tolist() == [1, 1, 2]
+
+
+def test_merge_names_a_missing_shard(tmp_path):
+    import shutil
+
+    from al_det.infer import merge_chunks
+
+    cycle, chunks = _chunks(tmp_path)
+    shutil.rmtree(cycle.chunk(1))
+    with pytest.raises(DumpError, match=r"chunk_00001: shard missing or stale; rerun"):
+        merge_chunks(cycle, chunks, {"images": IMAGES, "categories": CATS}, {})
+    assert not (tmp_path / "dump").exists()
+
+
+def test_merge_names_a_stale_shard(tmp_path):
+    """A chunk written for other images (the pool changed, or another chunk size) is not
+    reused as if it were this one."""
+    from al_det.infer import merge_chunks
+
+    cycle, _ = _chunks(tmp_path, sizes=(2, 1))
+    now = [IMAGES[:1], IMAGES[1:]]  # chunk 0 now holds one image, not two
+    with pytest.raises(DumpError, match=r"chunk_00000: shard missing or stale; rerun"):
+        merge_chunks(cycle, now, {"images": IMAGES, "categories": CATS}, {})
+    assert not (tmp_path / "dump").exists()

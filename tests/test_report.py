@@ -1,27 +1,30 @@
-"""`al-det report`: the AP curve from summary.csv as a PNG."""
+"""`al-det report`: its errors (the figures and tables: tests/test_sweep.py)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from al_det.cli import main
-from al_det.metrics import COCO_METRICS as METRICS
-from al_det.summary import update_summary
 
 
-def test_report_writes_png(tmp_path: Path) -> None:
-    for k, n in enumerate((60, 100, 140)):
-        update_summary(tmp_path / "summary.csv", {"cycle": k, "labeled_images": n,
-                                                  "labeled_fraction": n / 300,
-                                                  **dict.fromkeys(METRICS, 0.1 * k)})
-    result = CliRunner().invoke(main, ["report", "-w", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    png = tmp_path / "curve.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+def test_report_of_a_folder_without_workdirs_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "no al-det work dir in it" in result.output
 
 
-def test_report_without_summary_is_one_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["report", "-w", str(tmp_path)])
-    assert result.exit_code == 2 and "summary.csv: missing" in result.output
+def test_report_needs_a_path() -> None:
+    result = CliRunner().invoke(main, ["report"])
+    assert result.exit_code == 2 and "name at least one work dir" in result.output
+
+
+def test_report_without_matplotlib_is_one_line(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert 'pip install "al-det[plot]"' in result.output

@@ -35,13 +35,17 @@ if [[ $1 == init ]]; then printf 'name: x\\ncycles: 2\\n' > "$5/config.yaml"; fi
 """
 FAKE_SCONTROL = """#!/bin/bash
 # a long node list: a job script that reads it through `| head -n 1` dies of SIGPIPE
-if [[ $1 == show ]]; then echo node7; exec seq -f 'node%g' 8 30000; fi
+if [[ $1 == show ]]; then echo "${FAKE_HOST:-node7}"; exec seq -f 'node%g' 8 30000; fi
 echo "$@" >> "$FAKE_DIR/scontrol.log"
 """
 FAKE_SRUN = """#!/bin/bash
 # FAKE_STEP: ok | fail (exit 2) | exit143 | term (run until SIGTERM, then exit 1 like torchrun)
+#            | exec (run the step's command itself, without srun's own --options)
 echo "$@" >> "$FAKE_DIR/srun.log"
 case $FAKE_STEP in
+    exec)
+        while [[ $1 == --* ]]; do shift; done
+        exec "$@" ;;
     ok) exit 0 ;;
     fail) exit 2 ;;
     exit143) exit 143 ;;
@@ -262,3 +266,52 @@ def test_acquire_job(fake: dict[str, str], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "al-det.log").read_text().split() == [
         "acquire", "-w", str(tmp_path / "work"), "--cycle", "2"]
+
+
+TINY = """\
+seed: 1
+cycles: 2
+initial: 8
+data:
+  synthetic: {n_pool: 16, n_test: 4, image_size: 100, seed: 2}
+model: {name: tiny_frcnn, min_size: 100, max_size: 100}
+train: {epochs: 1, batch_size: 4, warmup_iters: 1, workers: 0}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_gpu_job_torchrun_command_really_runs(fake: dict[str, str], tmp_path: Path) -> None:
+    """The sbatch script's own torchrun line, executed (2 CPU processes, one node): it trains."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from al_det.cli import main
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    workdir = tmp_path / "work"
+    init = CliRunner().invoke(main, ["init", "-c", str(tmp_path / "tiny.yaml"), "-w",
+                                     str(workdir)])
+    assert init.exit_code == 0, init.output
+    fake.pop("AL_DET_TEST_PAUSE_AT", None)
+    for _attempt in range(3):  # the port is free when picked; retry if taken before the bind
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = _job_env(fake, tmp_path, "exec", CYCLE="0", SLURM_NNODES="1", GPUS="2",
+                       SLURM_CPUS_PER_TASK="1", FAKE_HOST="127.0.0.1", PORT=str(port),
+                       OMP_NUM_THREADS="1")
+        proc = subprocess.run(["bash", str(SLURM / "train.sbatch")], capture_output=True,
+                              text=True, env=env, timeout=300)
+        if "address already in use" not in proc.stderr.lower():
+            break
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "al-det train cycle 0: done" in proc.stdout
+    assert (workdir / "cycle_000" / "model.pth").exists()
+    assert _requeues(tmp_path) == []
+    srun = (tmp_path / "srun.log").read_text().split()
+    assert srun[srun.index("torchrun"):srun.index("-m")] == [
+        "torchrun", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
+        "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "77"]

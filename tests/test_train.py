@@ -120,13 +120,21 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path: Path, demo_data: dic
             if i == 1:  # mid-epoch: the rerun must restart inside epoch 0
                 os.kill(os.getpid(), signal.SIGTERM)
 
-        with pytest.raises(train.TrainingInterrupted) as info:
-            train.run_train(wd, 0, cfg, on_iteration=preempt)
+        def original(signum: int, frame: object) -> None:  # ours, to see it come back
+            raise AssertionError("the test's own SIGTERM handler ran")
+
+        before = signal.signal(signal.SIGTERM, original)
+        try:
+            with pytest.raises(train.TrainingInterrupted) as info:
+                train.run_train(wd, 0, cfg, on_iteration=preempt)
+            restored = signal.getsignal(signal.SIGTERM)
+        finally:
+            signal.signal(signal.SIGTERM, before)
         assert info.value.exit_code == 143
         cycle = wd.cycle(0)
         assert torch.load(cycle.last_ckpt, weights_only=True)["iteration"] == 1
         assert (cycle.train_dir / "interrupted").exists() and not cycle.model.exists()
-        assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
+        assert restored is original  # the handler in place before training is back
 
         other = make_cfg(demo_data, epochs=2, batch_size=2, lr=0.5)
         with pytest.raises(WorkdirError, match="another training config"):

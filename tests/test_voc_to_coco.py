@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,9 @@ def test_loads_with_al_det_and_pycocotools(devkit: Path, tmp_path: Path) -> None
     out = tmp_path / "out"
     voc.convert_devkit(devkit, out)
     for name in ("trainval0712.json", "test2007.json"):
-        load_coco(out / name)  # validates; no warnings about filled-in fields
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning about filled-in fields
+            load_coco(out / name)  # validates
     gt = COCO(str(out / "trainval0712.json"))
     assert len(gt.getImgIds()) == 4 and len(gt.getCatIds()) == 20
     # Perfect detections of the non-difficult boxes give AP 1: the difficult one is ignored.

@@ -189,3 +189,28 @@ def test_a_stage_whose_final_file_is_damaged_says_so(tmp_path: Path) -> None:
     scores.write_bytes(scores.read_bytes()[:-8])
     code, out = invoke("infer", "-w", str(wd))
     one_line_error(code, out, "scores.npy", "the cycle's dump is damaged: delete")
+
+
+@pytest.mark.parametrize("keep", ["last", "all"])
+def test_keep_features_last_deletes_older_feature_arrays_once_acquired(tmp_path: Path,
+                                                                        keep: str) -> None:
+    wd = init(tmp_path, CONFIG.replace("acquire:", f"infer: {{keep_features: {keep}}}\nacquire:"))
+    hand_dump(wd)
+    assert invoke("acquire", "-w", str(wd))[0] == 0
+    d0 = wd / "cycle_000" / "dump"
+    assert (d0 / "features.npy").exists()  # the latest acquired cycle keeps its features
+    hand_dump(wd, 1)
+    assert invoke("acquire", "-w", str(wd))[0] == 0
+    kept = sorted(p.name for p in d0.iterdir())
+    if keep == "all":
+        assert "features.npy" in kept and "PRUNED" not in kept
+        return
+    assert kept == ["PRUNED", "boxes.npy", "labels.npy", "meta.json", "offsets.npy",
+                    "scores.npy"]
+    assert (wd / "cycle_001" / "dump" / "features.npy").exists()
+    code, out = invoke("acquire", "-w", str(wd), "--cycle", "0")
+    assert code == 0, out  # done long ago: nothing to redo, nothing to read
+    from al_det.dump import read_dump
+    from al_det.errors import DumpError
+    with pytest.raises(DumpError, match="deleted after the cycle's acquisition"):
+        read_dump(d0)
