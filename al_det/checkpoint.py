@@ -110,7 +110,10 @@ def config_hash(cfg: ExperimentConfig, k: int, image_ids: list[int]) -> str:
         train.pop(key)
     if train["augment"] == "hflip":
         del train["augment"]  # the default: checkpoints written before the key existed fit
-    blob = {"seed": cfg.seed, "cycle": k, "model": dataclasses.asdict(cfg.model), "train": train,
+    model = dataclasses.asdict(cfg.model)
+    if not model["loss_prediction"]["enabled"]:
+        del model["loss_prediction"]  # off, it decides nothing: earlier checkpoints still fit
+    blob = {"seed": cfg.seed, "cycle": k, "model": model, "train": train,
             "images": image_ids}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -47,6 +47,16 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LossPredictionConfig:
+    """Learning Loss's loss-prediction module (docs/acquisition.md, "Learning Loss")."""
+
+    enabled: bool = False  # attach the module to the detector, train it, infer loss_pred.npy
+    weight: float = 1.0  # lambda: the ranking loss's weight in the training loss
+    margin: float = 1.0  # xi: the margin of the pairwise ranking loss
+    detach_after: float = 0.6  # fraction of training after which the module's input is detached
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "tiny_frcnn"
     weights: str | None = None  # torchvision weights enum member for the detector, e.g. DEFAULT
@@ -54,6 +64,7 @@ class ModelConfig:
     min_size: int = 800  # torchvision GeneralizedRCNNTransform resize
     max_size: int = 1333
     trainable_backbone_layers: int | None = None
+    loss_prediction: LossPredictionConfig = field(default_factory=LossPredictionConfig)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class InferConfig:
     feature_dtype: str = "float16"
     chunk_size: int = 256  # images per inference shard: the work a kill can lose
     keep_features: str = "last"  # all | last: delete older cycles' feature arrays once acquired
+    probs: bool = False  # write probs.npy (always when the strategy reads it, e.g. cdal)
 
 
 def _acquire_config() -> type:
@@ -144,12 +156,12 @@ CHOICES = {
 }
 UNIT_INTERVAL = (
     "infer.score_thresh", "train.hflip", "train.warmup_factor", "train.lr_gamma",
-    "label.preannotation_thresh",
+    "label.preannotation_thresh", "model.loss_prediction.detach_after",
 )
 POSITIVE = (
     "cycles", "initial", "acquire.budget", "train.epochs", "train.batch_size", "train.lr",
     "infer.detections_per_img", "infer.batch_size", "train.checkpoint_every",
-    "model.min_size", "model.max_size", "infer.chunk_size",
+    "model.min_size", "model.max_size", "infer.chunk_size", "model.loss_prediction.weight",
 )
 
 
@@ -344,6 +356,14 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
         check_parameters(cfg.acquire.strategy, strategy_params(cfg.acquire))
     except AcquireError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if cfg.model.loss_prediction.margin < 0:
+        raise ConfigError(f"{source}: model.loss_prediction.margin="
+                          f"{cfg.model.loss_prediction.margin} must be >= 0")
+    reads = STRATEGIES[cfg.acquire.strategy].reads
+    if "loss_pred" in reads and not cfg.model.loss_prediction.enabled:
+        raise ConfigError(f"{source}: acquire.strategy={cfg.acquire.strategy} ranks by the "
+                          "loss the loss-prediction module predicts: set "
+                          "model.loss_prediction.enabled: true (README \"Learning Loss\")")
     if cfg.data.synthetic is None and cfg.data.pool is None:
         raise ConfigError(f"{source}: data.pool is missing: name the pool's COCO JSON file")
     if cfg.mode == "labelling" and cfg.data.labeled is None:

@@ -12,9 +12,13 @@ Writes (rank 0 only, every file atomically):
   stage is done, and ``last.pth`` is then removed.
 
 The schedule counts iterations: ``epochs * ceil(n_labeled / batch_size)``, with ``batch_size``
-the global batch split evenly over the processes. The data order and flips are a pure function
-of (seed, cycle, epoch, position) and all RNG states are restored, so a resumed run ends with
-the weights the uninterrupted run would have produced.
+the global batch split evenly over the processes. With ``model.loss_prediction.enabled`` the
+step runs :class:`al_det.models.lossnet.LossPredictionTrainer` (the module DDP wraps) and adds
+its ranking loss ``loss_ll``; the module's input is detached from iteration
+``round(detach_after * total)`` on, a function of the iteration alone (resumes repeat it).
+The data order and flips are a pure function of (seed, cycle, epoch, position) and all RNG
+states are restored, so a resumed run ends with the weights the uninterrupted run would have
+produced.
 """
 
 from __future__ import annotations
@@ -72,12 +76,18 @@ def lr_at(iteration: int, total: int, t: TrainConfig) -> float:
     return t.lr * factor * t.lr_gamma ** steps
 
 
-def check_train_config(t: TrainConfig, world: int) -> None:
-    """Settings only a training run can check (the world size is known only now)."""
+def check_train_config(t: TrainConfig, world: int, loss_prediction: bool = False) -> None:
+    """Settings only a training run can check (the world size is known only now);
+    ``loss_prediction``: the module is on, so each process's batch must pair up."""
     if t.batch_size % world:
         fit = world * max(1, t.batch_size // world)
         raise ConfigError(f"train.batch_size={t.batch_size} is the global batch: it must be "
                           f"divisible by the {world} processes (e.g. {fit})")
+    if loss_prediction and (t.batch_size // world) % 2:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} gives {t.batch_size // world} images per process "
+            f"({world} processes): model.loss_prediction pairs the images of each process's "
+            f"batch, so that must be even (e.g. train.batch_size={2 * t.batch_size})")
     if any(not 0.0 <= f <= 1.0 for f in t.lr_steps):
         raise ConfigError(f"train.lr_steps={list(t.lr_steps)}: give fractions of training "
                           "in [0, 1]")
@@ -105,6 +115,7 @@ class _Run:
     total: int
     per_epoch: int
     chash: str
+    detach_at: int | None = None  # loss prediction: the iteration its input is detached from
     iteration: int = 0
     saved_at: int = -1
     time_before: float = 0.0  # training seconds of the runs this one resumes
@@ -135,7 +146,7 @@ def run_train(wd: Workdir, k: int, cfg: ExperimentConfig, *,
         if info.is_main:
             log.info("%s exists: cycle %d is trained", cycle.model, k)
         return cycle.model
-    check_train_config(cfg.train, info.world_size)
+    check_train_config(cfg.train, info.world_size, cfg.model.loss_prediction.enabled)
     run = _setup(wd, cycle, k, cfg, info)
     with _sigterm_flag() as stop:
         _train_loop(run, stop, on_iteration)
@@ -158,14 +169,18 @@ def _setup(wd: Workdir, cycle: Cycle, k: int, cfg: ExperimentConfig,
     optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=t.amp and info.device.type == "cuda")
-    model = net
+    model, lp, total = net, cfg.model.loss_prediction, t.epochs * per_epoch
+    if lp.enabled:  # the head must run inside the module DDP wraps, for its gradients
+        from al_det.models.lossnet import LossPredictionTrainer
+
+        model = LossPredictionTrainer(net, lp.weight, lp.margin)
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     image_ids = [im["id"] for im in dataset.images]
     run = _Run(cfg, cycle, k, info, dataset, cmap, net, model, optimizer, scaler,
-               total=t.epochs * per_epoch, per_epoch=per_epoch,
-               chash=checkpoint.config_hash(cfg, k, image_ids))
+               total=total, per_epoch=per_epoch, chash=checkpoint.config_hash(cfg, k, image_ids),
+               detach_at=round(lp.detach_after * total) if lp.enabled else None)
     if cycle.last_ckpt.exists():
         _resume(run)
     return run
@@ -238,8 +253,10 @@ def _step(run: _Run, images: list[torch.Tensor],
     lr = lr_at(run.iteration, run.total, run.cfg.train)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
+    # loss prediction: its input is detached from iteration round(detach_after * total) on
+    extra = {} if run.detach_at is None else {"detach": run.iteration >= run.detach_at}
     with torch.autocast(device_type=dev.type, enabled=run.amp):
-        loss_dict = run.model(images, targets)
+        loss_dict = run.model(images, targets, **extra)
     names = sorted(loss_dict)
     local = torch.stack([loss_dict[n].detach().float() for n in names])
     mean = dist.all_reduce_sum(local) / run.info.world_size

@@ -35,7 +35,9 @@ losses). ``al_det/model_names.py`` lists the names without importing torch, for 
 Adding a detector: of an existing family, a builder and one ``ADAPTERS`` entry (and its name
 in ``model_names.py``); of a new family, an :class:`Adapter` subclass too.
 
-Extension points, for training-time modules and richer dumps (not implemented yet):
+Optional heads and outputs (``lossnet.py``: Learning Loss's module, built into the detector
+when ``model.loss_prediction.enabled``; ``probs`` per detection, ``loss_pred`` per image, see
+:func:`predict_with_features`), along these extension points:
 
 * **Optional heads** (e.g. Learning Loss's loss-prediction module): a module built beside the
   detector that reads the maps :meth:`Adapter.feature_maps` names (the same maps
@@ -63,6 +65,7 @@ from torch import Tensor, nn
 
 from al_det.config import ModelConfig
 from al_det.errors import AlDetError, ConfigError
+from al_det.models import lossnet
 from al_det.models.adapters import ADAPTERS, Adapter
 from al_det.models.builders import freeze_batchnorm
 from al_det.models.losses import Targets, TrainOutputs
@@ -95,6 +98,8 @@ def build_model(cfg: ModelConfig, num_classes: int, score_thresh: float = 0.05,
         bare = dataclasses.replace(cfg, weights=None, weights_backbone=None)
         model = build(bare, num_classes, score_thresh, detections_per_img)
         freeze_batchnorm(model.backbone)
+    if cfg.loss_prediction.enabled:
+        lossnet.attach(model)  # after the detector: off, the initial weights are unchanged
     setattr(model, _TAG, cfg.name)
     return model
 
@@ -135,19 +140,24 @@ def feature_maps(model: nn.Module, images: list[Tensor]) -> OrderedDict[str, Ten
     return adapter_of(model).feature_maps(_unwrap(model), images)
 
 
-def predict_with_features(model: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
+def predict_with_features(model: nn.Module, images: list[Tensor],
+                          probs: bool = False) -> list[dict[str, Tensor]]:
     """Detect on ``images`` ([3, H, W] floats in [0, 1]) and return each detection's feature.
 
     Per image: ``boxes`` [n, 4] xyxy in original pixels, ``scores`` [n], ``labels`` [n]
-    (1..K), ``features`` [n, D] float32 and ``image_feature`` [D2] float32. The detections are
-    those of ``model(images)`` in eval mode. The model's train/eval mode is restored after.
+    (1..K), ``features`` [n, D] float32 and ``image_feature`` [D2] float32; with ``probs``,
+    ``probs`` [n, K+1] float32 (column 0 background, column j label j: the softmax of the
+    detection's own proposal / anchor, or ``[1 - max s, s_1..s_K]`` normalised from a sigmoid
+    detector's anchor scores); with a loss-prediction module, ``loss_pred`` (0-d float32).
+    The detections are those of ``model(images)`` in eval mode, with ``probs`` on or off. The
+    model's train/eval mode is restored after.
     """
     adapter, model = adapter_of(model), _unwrap(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return adapter.predict_with_features(model, images)
+            return adapter.predict_with_features(model, images, probs)
     finally:
         model.train(was_training)
 

@@ -45,9 +45,10 @@ class Adapter:
         maps = model.backbone(image_list.tensors)
         return OrderedDict([("0", maps)]) if isinstance(maps, Tensor) else maps
 
-    def predict_with_features(self, model: nn.Module,
-                              images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """The stock detections of ``images`` with ``features`` and ``image_feature`` (eval)."""
+    def predict_with_features(self, model: nn.Module, images: list[Tensor],
+                              probs: bool = False) -> list[dict[str, Tensor]]:
+        """The stock detections of ``images`` with ``features`` and ``image_feature`` (eval),
+        ``probs`` when asked and ``loss_pred`` with a loss-prediction module."""
         raise NotImplementedError
 
     def forward_train(self, model: nn.Module, images: list[Tensor],
@@ -66,9 +67,9 @@ class FasterRCNNAdapter(Adapter):
     def feature_dim(self, model: nn.Module) -> int:
         return model.roi_heads.box_predictor.cls_score.in_features
 
-    def predict_with_features(self, model: nn.Module,
-                              images: list[Tensor]) -> list[dict[str, Tensor]]:
-        return features.predict_rcnn(model, images)
+    def predict_with_features(self, model: nn.Module, images: list[Tensor],
+                              probs: bool = False) -> list[dict[str, Tensor]]:
+        return features.predict_rcnn(model, images, probs)
 
     def forward_train(self, model: nn.Module, images: list[Tensor],
                       targets: Targets) -> TrainOutputs:
@@ -82,9 +83,10 @@ class RetinaNetAdapter(Adapter):
     def feature_dim(self, model: nn.Module) -> int:
         return model.backbone.out_channels
 
-    def predict_with_features(self, model: nn.Module,
-                              images: list[Tensor]) -> list[dict[str, Tensor]]:
-        return features.predict_hooked(model, images, features.fpn_pool)
+    def predict_with_features(self, model: nn.Module, images: list[Tensor],
+                              probs: bool = False) -> list[dict[str, Tensor]]:
+        return features.predict_hooked(model, images, features.fpn_pool,
+                                       features.retinanet_probs if probs else None)
 
     def forward_train(self, model: nn.Module, images: list[Tensor],
                       targets: Targets) -> TrainOutputs:
@@ -94,6 +96,11 @@ class RetinaNetAdapter(Adapter):
 @dataclass(frozen=True)
 class FCOSAdapter(RetinaNetAdapter):
     """FCOS: features as RetinaNet's; its loss has a centerness term."""
+
+    def predict_with_features(self, model: nn.Module, images: list[Tensor],
+                              probs: bool = False) -> list[dict[str, Tensor]]:
+        return features.predict_hooked(model, images, features.fpn_pool,
+                                       features.fcos_probs if probs else None)
 
     def forward_train(self, model: nn.Module, images: list[Tensor],
                       targets: Targets) -> TrainOutputs:
@@ -112,9 +119,10 @@ class SSDAdapter(Adapter):
     def image_feature_dim(self, model: nn.Module) -> int:
         return self.feature_dim(model)
 
-    def predict_with_features(self, model: nn.Module,
-                              images: list[Tensor]) -> list[dict[str, Tensor]]:
-        return features.predict_hooked(model, images, features.ssd_pool)
+    def predict_with_features(self, model: nn.Module, images: list[Tensor],
+                              probs: bool = False) -> list[dict[str, Tensor]]:
+        return features.predict_hooked(model, images, features.ssd_pool,
+                                       features.ssd_probs if probs else None)
 
     def forward_train(self, model: nn.Module, images: list[Tensor],
                       targets: Targets) -> TrainOutputs:

@@ -8,6 +8,14 @@ Reads nothing from disk and writes nothing: these functions run a built model in
   feature its proposal already computed.
 * Dense detectors (RetinaNet, FCOS, SSD): the stock forward runs with hooks that catch the
   backbone maps, then each final box is RoI-pooled from them.
+
+Optional outputs: ``probs`` (each detection's class-probability vector: Faster R-CNN's softmax
+row of its proposal; for the dense families, a copy of their ``postprocess_detections`` that
+carries each candidate's anchor row runs beside the stock one, which it must match exactly,
+and gives the anchor's softmax (SSD) or ``[1 - max_c s_c, s_1..s_K]`` normalised from its
+per-class sigmoid scores (RetinaNet, FCOS: the classifier's ``sigmoid(cls_logits)``, column 0,
+the muted label-0 column, left out)); ``loss_pred`` (the loss-prediction module's ``l_hat`` on
+the forward's maps, when the model has one: :mod:`al_det.models.lossnet`).
 """
 
 from __future__ import annotations
@@ -20,9 +28,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import FasterRCNN
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops import boxes as box_ops
+
+from al_det.errors import AlDetError
+from al_det.models import lossnet
 
 SSD_FEATURE_LEVELS = ("0", "1")  # conv4_3 (stride 8) and fc7 (stride 16): the finest maps
 ROI_SIZE = 7
@@ -30,11 +42,15 @@ ROI_SIZE = 7
 # (maps, final boxes in the resized frame, image sizes, padded size) -> (features, image feats)
 Pooler = Callable[[OrderedDict[str, Tensor], list[Tensor], list[tuple[int, int]], torch.Size],
                   tuple[list[Tensor], Tensor]]
+# (model, head outputs, anchors, image sizes) -> postprocess_detections' output plus "probs"
+ProbsPost = Callable[[nn.Module, Any, Any, list[tuple[int, int]]], list[dict[str, Tensor]]]
 
 
 # ------------------------------------------------------------------------------ Faster R-CNN
-def predict_rcnn(model: FasterRCNN, images: list[Tensor]) -> list[dict[str, Tensor]]:
-    """GeneralizedRCNN.forward in eval mode, keeping the box-head feature of every proposal."""
+def predict_rcnn(model: FasterRCNN, images: list[Tensor],
+                 probs: bool = False) -> list[dict[str, Tensor]]:
+    """GeneralizedRCNN.forward in eval mode, keeping the box-head feature of every proposal
+    (and, with ``probs``, its softmax row)."""
     original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     image_list, _ = model.transform(images)
     maps = model.backbone(image_list.tensors)
@@ -46,15 +62,29 @@ def predict_rcnn(model: FasterRCNN, images: list[Tensor]) -> list[dict[str, Tens
     class_logits, box_regression = heads.box_predictor(box_features)
     detections = rcnn_postprocess(heads, class_logits, box_regression, proposals,
                                   image_list.image_sizes)
+    softmax = F.softmax(class_logits, -1) if probs else None  # as rcnn_postprocess's scores
     offset = 0
     for det, props in zip(detections, proposals, strict=True):
-        det["features"] = box_features[offset + det.pop("proposal")].float()
+        rows = offset + det.pop("proposal")
+        det["features"] = box_features[rows].float()
+        if softmax is not None:
+            det["probs"] = softmax[rows].float()
         offset += len(props)
     detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
     image_features = image_level(maps, image_list.image_sizes, image_list.tensors.shape[-2:])
     for det, feature in zip(detections, image_features, strict=True):
         det["image_feature"] = feature
+    _add_loss_pred(model, maps, detections)
     return detections
+
+
+def _add_loss_pred(model: nn.Module, maps: OrderedDict[str, Tensor],
+                   detections: list[dict[str, Tensor]]) -> None:
+    """Each image's ``loss_pred`` (0-d), when the model has a loss-prediction module."""
+    l_hat = lossnet.predict(model, maps)
+    if l_hat is not None:
+        for det, value in zip(detections, l_hat, strict=True):
+            det["loss_pred"] = value
 
 
 def rcnn_postprocess(heads: nn.Module, class_logits: Tensor, box_regression: Tensor,
@@ -92,19 +122,38 @@ def rcnn_postprocess(heads: nn.Module, class_logits: Tensor, box_regression: Ten
 
 
 # --------------------------------------------------------------------------- dense detectors
-def predict_hooked(model: nn.Module, images: list[Tensor],
-                   pool: Pooler) -> list[dict[str, Tensor]]:
-    """Run the stock forward, catching the backbone maps, then ``pool`` the final boxes."""
+def predict_hooked(model: nn.Module, images: list[Tensor], pool: Pooler,
+                   probs_post: ProbsPost | None = None) -> list[dict[str, Tensor]]:
+    """Run the stock forward, catching the backbone maps, then ``pool`` the final boxes; with
+    ``probs_post`` (the family's postprocess copy), each detection's ``probs`` too."""
     caught: dict[str, Any] = {}
     hooks = [
         model.backbone.register_forward_hook(lambda m, i, o: caught.__setitem__("maps", o)),
         model.transform.register_forward_hook(lambda m, i, o: caught.__setitem__("list", o[0])),
     ]
+    if probs_post is not None:
+        stock = model.postprocess_detections
+
+        def post(head_outputs: Any, anchors: Any, image_sizes: list[tuple[int, int]]) -> list:
+            detections = stock(head_outputs, anchors, image_sizes)
+            copies = probs_post(model, head_outputs, anchors, image_sizes)
+            for det, copy in zip(detections, copies, strict=True):
+                if not all(torch.equal(det[k], copy[k]) for k in ("boxes", "scores", "labels")):
+                    raise AlDetError(f"{type(model).__name__}: the post-processing copy that "
+                                     "keeps each detection's anchor differs from torchvision's "
+                                     "(another torchvision version?); set infer.probs: false "
+                                     "and use a strategy that does not read probs.npy")
+                det["probs"] = copy["probs"]
+            return detections
+
+        model.postprocess_detections = post  # this instance, for this forward only
     try:
         detections = model(images)
     finally:
         for hook in hooks:
             hook.remove()
+        if probs_post is not None:
+            del model.postprocess_detections
     maps, image_list = caught["maps"], caught["list"]
     sizes, padded = image_list.image_sizes, image_list.tensors.shape[-2:]
     # Final boxes are in original pixels; the maps are in the transformed (resized) frame.
@@ -116,6 +165,110 @@ def predict_hooked(model: nn.Module, images: list[Tensor],
     for det, feats, image_feature in zip(detections, features, image_features, strict=True):
         det["features"] = feats.float()
         det["image_feature"] = image_feature
+    if lossnet.head_of(model) is not None:
+        _add_loss_pred(model, maps if not isinstance(maps, Tensor)
+                       else OrderedDict([("0", maps)]), detections)
+    return detections
+
+
+def _sigmoid_probs(scores: Tensor) -> Tensor:
+    """``[n, K+1]`` sigmoid rows (label-0 column first) -> ``[1 - max_c s_c, s_1..s_K] / sum``."""
+    fg = scores[:, 1:].float()
+    bg = 1.0 - (fg.max(dim=1).values if fg.shape[1] else fg.new_zeros(len(fg)))
+    row = torch.cat([bg[:, None], fg], dim=1)
+    return row / row.sum(dim=1, keepdim=True)
+
+
+def _dense_probs(model: nn.Module, head_outputs: dict[str, list[Tensor]],
+                 anchors: list[list[Tensor]], image_shapes: list[tuple[int, int]],
+                 fcos: bool) -> list[dict[str, Tensor]]:
+    """RetinaNet.postprocess_detections (``fcos``: FCOS's) of torchvision 0.29, carrying each
+    candidate's anchor scores to the kept detections as ``probs``."""
+    class_logits = head_outputs["cls_logits"]
+    box_regression = head_outputs["bbox_regression"]
+    ctrness = head_outputs["bbox_ctrness"] if fcos else None
+    detections = []
+    for index, image_shape in enumerate(image_shapes):
+        image_boxes, image_scores, image_labels, image_rows = [], [], [], []
+        for level, anchors_per_level in enumerate(anchors[index]):
+            logits = class_logits[level][index]
+            regression = box_regression[level][index]
+            num_classes = logits.shape[-1]
+            if fcos:
+                scores = torch.sqrt(torch.sigmoid(logits)
+                                    * torch.sigmoid(ctrness[level][index])).flatten()
+            else:
+                scores = torch.sigmoid(logits).flatten()
+            keep_idxs = scores > model.score_thresh
+            scores = scores[keep_idxs]
+            topk_idxs = torch.where(keep_idxs)[0]
+            num_topk = det_utils._topk_min(topk_idxs, model.topk_candidates, 0)
+            scores, idxs = scores.topk(num_topk)
+            topk_idxs = topk_idxs[idxs]
+            anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
+            labels = topk_idxs % num_classes
+            if fcos:
+                boxes = model.box_coder.decode(regression[anchor_idxs],
+                                               anchors_per_level[anchor_idxs])
+            else:
+                boxes = model.box_coder.decode_single(regression[anchor_idxs],
+                                                      anchors_per_level[anchor_idxs])
+            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+            image_boxes.append(boxes)
+            image_scores.append(scores)
+            image_labels.append(labels)
+            image_rows.append(torch.sigmoid(logits[anchor_idxs]))
+        boxes, scores = torch.cat(image_boxes, dim=0), torch.cat(image_scores, dim=0)
+        labels, rows = torch.cat(image_labels, dim=0), torch.cat(image_rows, dim=0)
+        keep = box_ops.batched_nms(boxes, scores, labels, model.nms_thresh)
+        keep = keep[: model.detections_per_img]
+        detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep],
+                           "probs": _sigmoid_probs(rows[keep])})
+    return detections
+
+
+def retinanet_probs(model: nn.Module, head_outputs: dict[str, list[Tensor]],
+                    anchors: list[list[Tensor]],
+                    image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    return _dense_probs(model, head_outputs, anchors, image_shapes, fcos=False)
+
+
+def fcos_probs(model: nn.Module, head_outputs: dict[str, list[Tensor]],
+               anchors: list[list[Tensor]],
+               image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    return _dense_probs(model, head_outputs, anchors, image_shapes, fcos=True)
+
+
+def ssd_probs(model: nn.Module, head_outputs: dict[str, Tensor], image_anchors: list[Tensor],
+              image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    """SSD.postprocess_detections of torchvision 0.29, carrying each candidate's anchor
+    softmax row to the kept detections as ``probs``."""
+    bbox_regression = head_outputs["bbox_regression"]
+    pred_scores = F.softmax(head_outputs["cls_logits"], dim=-1)
+    num_classes = pred_scores.size(-1)
+    detections = []
+    for boxes, softmax, anchors, image_shape in zip(bbox_regression, pred_scores, image_anchors,
+                                                    image_shapes, strict=True):
+        boxes = model.box_coder.decode_single(boxes, anchors)
+        boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+        image_boxes, image_scores, image_labels, image_rows = [], [], [], []
+        for label in range(1, num_classes):
+            score = softmax[:, label]
+            keep_idxs = score > model.score_thresh
+            rows = torch.where(keep_idxs)[0]
+            score, box = score[keep_idxs], boxes[keep_idxs]
+            num_topk = det_utils._topk_min(score, model.topk_candidates, 0)
+            score, idxs = score.topk(num_topk)
+            image_boxes.append(box[idxs])
+            image_scores.append(score)
+            image_labels.append(torch.full_like(score, fill_value=label, dtype=torch.int64))
+            image_rows.append(rows[idxs])
+        kept_boxes, scores = torch.cat(image_boxes, dim=0), torch.cat(image_scores, dim=0)
+        labels, rows = torch.cat(image_labels, dim=0), torch.cat(image_rows, dim=0)
+        keep = box_ops.batched_nms(kept_boxes, scores, labels, model.nms_thresh)
+        keep = keep[: model.detections_per_img]
+        detections.append({"boxes": kept_boxes[keep], "scores": scores[keep],
+                           "labels": labels[keep], "probs": softmax[rows[keep]].float()})
     return detections
 
 

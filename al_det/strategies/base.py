@@ -45,6 +45,8 @@ class Strategy:
     # it reads features.npy in the streaming pass, which checks the rows as it goes; the
     # others never read features, so the caller checks them (the dump must still be sound)
     streams_features: ClassVar[bool] = False
+    # the labeled images are its initial centres (coreset, cdal): infer dumps them too
+    labeled_centres: ClassVar[bool] = False
 
     def stream_t_enms(self) -> float | None:
         """The ENMS threshold of its streaming pass (None: no ENMS in the pass)."""

@@ -36,6 +36,7 @@ class Cdal:
 
     reads: ClassVar[tuple[str, ...]] = ("probs",)
     streams_features: ClassVar[bool] = False
+    labeled_centres: ClassVar[bool] = True  # infer dumps the labeled images too
 
     def select(self, pool: Pool) -> Picked:
         dump = pool.dump

@@ -27,6 +27,7 @@ class Coreset(Strategy):
     """k-center greedy; no parameters (it is deterministic)."""
 
     reads = ("image_features",)
+    labeled_centres = True
 
     def select(self, pool: Pool) -> Picked:
         dump = pool.dump
