@@ -7,16 +7,16 @@ Layout under ROOT::
                                  cycle 0 (its config is the sweep's config with seed N)
     ROOT/ARM/seed_N/             an ordinary work dir (al-det run/status/report/... work on it)
 
-Cycle 0 does not depend on the acquisition strategy: when an arm's resolved config differs
-from its seed's base config only in ``acquire.*`` keys (and its strategy does not change
-training, :data:`OWN_CYCLE0`), its work dir is made from the base: ``categories.json``,
-``versions.json``, cycle 0's splits, ``model.pth``, ``train/``, ``detections.json``,
-``metrics.json`` and ``dump/`` are hard-linked (copied across file systems), ``summary.csv``
-copied, cycle 0's timings copied (marked ``shared_from``), then its own config frozen; all
-of it is assembled in a temporary folder renamed into place, so a member either does not
-exist or is complete. Every al-det write replaces files by renaming, so a later rewrite in
-one work dir never changes another's linked file. Other arms init and train their own
-cycle 0. Then each work dir runs as ``al-det run -w`` would: resumable stage by stage.
+Cycle 0 does not depend on the acquisition strategy: when an arm's resolved config differs from
+its seed's base config only in ``acquire.*`` keys, and its strategy reads what the base's dump
+holds (labeled images as centres, ``probs.npy``), its work dir is made from the base:
+``categories.json``, ``versions.json``, cycle 0's splits, ``model.pth``, ``train/``,
+``detections.json``, ``metrics.json`` and ``dump/`` are hard-linked (copied across file
+systems), ``summary.csv`` copied, cycle 0's timings copied (marked ``shared_from``), then its
+own config frozen; all of it is assembled in a temporary folder renamed into place, so a member
+either does not exist or is complete. Every al-det write replaces files by renaming, so a later
+rewrite in one work dir never changes another's linked file. Other arms init and train their
+own cycle 0. Then each work dir runs as ``al-det run -w`` would: resumable stage by stage.
 
 Reads the plan and the config; writes the work dirs above (each through the stages' own
 atomic writers) and nothing else.
@@ -32,14 +32,13 @@ from pathlib import Path
 from al_det import atomic
 from al_det.config import ExperimentConfig, diff_configs, override
 from al_det.errors import ConfigError
+from al_det.infer import covers_labeled, wants_probs
 from al_det.sweep_plan import Arm, Plan, base_dir, member_dir
 from al_det.timings import append_timing, read_timings
 from al_det.workdir import Workdir, freeze, load_frozen, locked_workdir
 
 log = logging.getLogger(__name__)
 
-# strategies whose training differs (a loss-prediction head): their cycle 0 is their own
-OWN_CYCLE0 = ("learning_loss",)
 CYCLE0_STAGES = ("train", "evaluate", "infer")
 
 
@@ -91,10 +90,11 @@ def member_config(root: Path, arm: Arm, seed: int) -> tuple[ExperimentConfig, bo
     base = load_frozen(Workdir(base_dir(root, seed)))
     cfg = override(base, arm.sets)
     keys = [d.split(":")[0] for d in diff_configs(base, cfg)]
-    shared = all(k.startswith("acquire.") for k in keys) and \
-        cfg.acquire.strategy not in OWN_CYCLE0 and \
-        base.acquire.strategy not in OWN_CYCLE0
-    return cfg, shared
+    # the dump must hold what the arm's strategy reads (labeled centres, probs.npy); a
+    # loss-prediction head changes model.*, so learning_loss never shares a plain cycle 0
+    same_dump = (covers_labeled(cfg), wants_probs(cfg)) == (covers_labeled(base),
+                                                             wants_probs(base))
+    return cfg, all(k.startswith("acquire.") for k in keys) and same_dump
 
 
 def _link_or_copy(src: str, dst: str) -> str:
