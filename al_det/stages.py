@@ -51,6 +51,9 @@ def run_stage(stage: str, workdir: Path, cycle: int | None, force: bool = False)
                 clean_tmp(wd.cycle(k).root)
             dist.barrier()
             run_timed(wd.root, k, stage, lambda: run(wd, k, cfg))
+            # leave together: a rank that tore its group down while rank 0 was still writing
+            # and scoring (evaluate) sometimes died of SIGABRT under load
+            dist.barrier()
     finally:
         dist.cleanup()
 
