@@ -428,11 +428,12 @@ def sweep(config_path: Path | None, root: Path, strategies: list[str] | None,
               help="A work dir or sweep root (repeatable; the same as a PATH argument).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for report.md, its figures and CSVs (default: FIRST_PATH/report).")
-@click.option("--cycle", type=int, default=0,
-              help="The cycle whose selections the t-SNE and contact sheets show.")
+@click.option("--cycle", type=int, default=None,
+              help="The cycle whose selections the t-SNE and contact sheets show (default: the "
+                   "latest acquired one whose dump kept its features).")
 @_friendly
 def report(paths: tuple[Path, ...], workdirs: tuple[Path, ...], output: Path | None,
-           cycle: int) -> None:
+           cycle: int | None) -> None:
     """Compare work dirs: report.md with figures, grouped by strategy/variant over seeds.
 
     Needs matplotlib (pip install "al-det[plot]"; the t-SNE also scikit-learn).

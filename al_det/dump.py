@@ -284,13 +284,18 @@ def _save_concatenated(path: Path, parts: list[np.ndarray]) -> None:
     del arr
 
 
-def read_dump(path: str | os.PathLike, check_features: bool = True) -> Dump:
+def read_dump(path: str | os.PathLike, check_features: bool = True,
+              pruned_ok: bool = False) -> Dump:
     """Open and validate a dump. ``check_features=False`` defers the NaN scan of features.npy
-    to the caller (acquisition does it inside its own single streaming pass)."""
+    to the caller (acquisition does it inside its own single streaming pass). ``pruned_ok``:
+    a dump whose feature arrays ``infer.keep_features: last`` deleted opens with no features
+    (boxes, scores and labels only: what a report draws); otherwise that is an error."""
     path = Path(path)
     if not path.is_dir():
         raise DumpError(f"{path}: detections dump folder not found; run `al-det infer` first")
     meta = _read_meta(path)
+    if pruned_ok and (path / PRUNED).is_file():
+        return _read_pruned(path, meta)
     arrs = {name: _load(path, name) for name in ARRAYS}
     opt = {name: _load(path, name) if (path / f"{name}.npy").exists() else None
            for name in OPTIONAL}
@@ -310,6 +315,22 @@ def read_dump(path: str | os.PathLike, check_features: bool = True) -> Dump:
     _check_detections(dump)
     if check_features:
         dump.check_features()
+    return dump
+
+
+def _read_pruned(path: Path, meta: dict) -> Dump:
+    """A pruned dump's detections, checked as any dump's (features and probs are gone)."""
+    arrs = {name: _load(path, name) for name in ("offsets", "boxes", "scores", "labels")}
+    offsets = np.array(arrs["offsets"])
+    _check_offsets(path, offsets, len(meta["images"]))
+    m = int(offsets[-1])
+    _check_shapes(path, {**arrs, "features": np.empty((m, meta["feature_dim"]), np.uint8)}, m,
+                  meta["feature_dim"])
+    loss_pred = _load(path, "loss_pred") if (path / "loss_pred.npy").exists() else None
+    dump = Dump(path, meta, meta["images"], meta["categories"], meta["feature_dim"], offsets,
+                arrs["boxes"], arrs["scores"], arrs["labels"], None, None, probs=None,
+                loss_pred=loss_pred)
+    _check_detections(dump)
     return dump
 
 

@@ -29,7 +29,7 @@ def contact_sheet(group: Group, k: int, out: Path) -> Path | None:
     if run is None:
         return None
     sel = json.loads(run.wd.cycle(k).selection.read_text())["images"][:MAX_IMAGES]
-    dump = read_dump(run.wd.cycle(k).dump, check_features=False)
+    dump = read_dump(run.wd.cycle(k).dump, check_features=False, pruned_ok=True)
     row_of = {i: r for r, i in enumerate(dump.image_ids)}
     names = {c["id"]: c["name"] for c in dump.categories}  # labels.npy holds category ids
     plt = pyplot()
@@ -67,8 +67,8 @@ def _draw_image(ax, folder: str, dump, r: int, names: dict) -> None:  # noqa: AN
     confident = [j for j in order if scores[j] >= MIN_SCORE][:BOXES_PER_IMAGE]
     shown = confident or list(order[:3])  # none confident: the top 3, dashed
     for j in shown:
-        x1, y1, x2, y2 = (float(v) for v in dump.boxes[a + j])
-        ax.add_patch(_rect(x1, y1, x2 - x1, y2 - y1, "-" if confident else "--"))
+        x1, y1, w, h = (float(v) for v in dump.boxes[a + j])  # the dump's boxes are COCO xywh
+        ax.add_patch(_rect(x1, y1, w, h, "-" if confident else "--"))
         name = names.get(int(dump.labels[a + j]), str(int(dump.labels[a + j])))
         ax.text(x1, y1, f"{name} {scores[j]:.2f}", fontsize=6, color="yellow",
                 va="bottom", bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0})

@@ -19,7 +19,7 @@ from al_det.report.collect import Group, group_runs, load_runs
 from al_det.report.plots import balance_figure, curves_figure, describe, pyplot
 from al_det.report.sheet import contact_sheet
 from al_det.report.tables import class_counts_table, results, timing
-from al_det.report.tsne import tsne_figure
+from al_det.report.tsne import has_features, tsne_figure
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -54,15 +54,27 @@ def _protocol_line(groups: list[Group], refs: list[str]) -> str:
             f"{', '.join(refs)}.")
 
 
-def write_report(paths: list[Path], out: Path | None = None, cycle: int = 0) -> Path:
+def _latest_drawable(groups: list) -> int:
+    """The latest cycle some work dir selected in with its dump's features kept (else the
+    latest with a selection, else 0)."""
+    runs = [r for g in groups for r in g.runs]
+    chosen = [k for r in runs for k in r.wd.cycles() if r.wd.cycle(k).selection.exists()]
+    kept = [k for r in runs for k in chosen if has_features(r, k)]
+    return max(kept or chosen or [0])
+
+
+def write_report(paths: list[Path], out: Path | None = None, cycle: int | None = None) -> Path:
     """Write the report of the work dirs in ``paths`` into ``out`` (default: the first
-    path's ``report/``); ``cycle``: the cycle whose selections are drawn. Returns report.md."""
+    path's ``report/``); ``cycle``: the cycle whose selections are drawn (default: the latest
+    acquired cycle whose dump kept its features, see infer.keep_features). Returns report.md."""
     pyplot()  # one clear line without matplotlib, before any work
     groups = group_runs(load_runs(list(paths)))
     if not any(r.rows for g in groups for r in g.runs):
         raise AlDetError(f"{paths[0]}: no evaluated cycle yet (summary.csv is empty): run "
                          "al-det evaluate or al-det run first")
     _check_comparable(groups)
+    if cycle is None:
+        cycle = _latest_drawable(groups)
     out = Path(out) if out else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     metric = groups[0].runs[0].metric
