@@ -112,7 +112,7 @@ def _infer_chunks(wd: Workdir, k: int, cfg: ExperimentConfig, chunks: dict[int, 
 
 def covers_labeled(cfg: ExperimentConfig) -> bool:
     """Whether the dump holds the labeled images too (the strategy's initial centres)."""
-    return getattr(STRATEGIES[cfg.acquire.strategy], "labeled_centres", False)
+    return STRATEGIES[cfg.acquire.strategy].labeled_centres
 
 
 def wants_probs(cfg: ExperimentConfig) -> bool:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from workdirs import make_workdir
 
-from al_det import atomic, checkpoint, train
+from al_det import checkpoint, train
 from al_det.augment import augment, ssd_transform
 from al_det.coco import CategoryMap
 from al_det.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from al_det.data import DetectionDataset
-from al_det.workdir import Workdir
 
 
 @pytest.fixture(autouse=True)
@@ -118,16 +118,6 @@ def test_negative_images_and_the_default_hash_are_unchanged(demo_data: dict) -> 
 
 
 # ------------------------------------------------------------------ kill mid-training, resume
-def make_workdir(root: Path, demo: dict[str, Path], n_images: int = 3) -> Workdir:
-    pool = json.loads(Path(demo["pool"]).read_text())
-    images = pool["images"][:n_images]
-    ids = {im["id"] for im in images}
-    labeled = dict(pool, images=images,
-                   annotations=[a for a in pool["annotations"] if a["image_id"] in ids])
-    wd = Workdir(root)
-    atomic.write_json(wd.categories, CategoryMap(pool["categories"]).to_json())
-    atomic.write_json(wd.cycle(0).labeled, labeled)
-    return wd
 
 
 def make_cfg(demo: dict[str, Path], workers: int = 0,

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from workdirs import make_workdir
 
-from al_det import atomic, checkpoint, models, train
+from al_det import checkpoint, models, train
 from al_det.coco import CategoryMap
 from al_det.config import (
     DataConfig,
@@ -25,7 +26,6 @@ from al_det.config import (
 )
 from al_det.errors import ConfigError
 from al_det.models import lossnet
-from al_det.workdir import Workdir
 
 K = 3
 ON = LossPredictionConfig(enabled=True)
@@ -201,16 +201,6 @@ def test_config_keys_and_hash() -> None:
 
 
 # ------------------------------------------------------------------ training, resume, detach
-def _workdir(root: Path, demo: dict[str, Path], n_images: int = 4) -> Workdir:
-    pool = json.loads(Path(demo["pool"]).read_text())
-    images = pool["images"][:n_images]
-    ids = {im["id"] for im in images}
-    labeled = dict(pool, images=images,
-                   annotations=[a for a in pool["annotations"] if a["image_id"] in ids])
-    wd = Workdir(root)
-    atomic.write_json(wd.categories, CategoryMap(pool["categories"]).to_json())
-    atomic.write_json(wd.cycle(0).labeled, labeled)
-    return wd
 
 
 def _cfg(demo: dict[str, Path], **lp: object) -> ExperimentConfig:
@@ -234,7 +224,7 @@ def test_detach_point_in_the_training_loop(tmp_path: Path, demo_data: dict,
         return real(self, images, targets, detach)
 
     monkeypatch.setattr(lossnet.LossPredictionTrainer, "forward", spy)
-    wd = _workdir(tmp_path / "wd", demo_data)  # 4 images, batch 2, 2 epochs: 4 iterations
+    wd = make_workdir(tmp_path / "wd", demo_data, 4)  # 4 images, batch 2, 2 epochs: 4 iterations
     path = train.run_train(wd, 0, _cfg(demo_data, detach_after=0.6))
     assert flags == [False, False, True, True]  # detached from round(0.6 * 4) = 2 on
     log = [json.loads(x) for x in wd.cycle(0).train_log.read_text().splitlines()]
@@ -252,9 +242,9 @@ def test_sigterm_then_resume_equals_uninterrupted_with_the_head(tmp_path: Path,
     torch.use_deterministic_algorithms(True)
     try:
         cfg = _cfg(demo_data, detach_after=0.5)
-        full = _workdir(tmp_path / "full", demo_data)
+        full = make_workdir(tmp_path / "full", demo_data, 4)
         train.run_train(full, 0, cfg)
-        wd = _workdir(tmp_path / "cut", demo_data)
+        wd = make_workdir(tmp_path / "cut", demo_data, 4)
 
         def preempt(i: int) -> None:
             if i == 3:  # after the detach point (iteration 2): resume must keep detaching
@@ -417,7 +407,7 @@ def test_ddp_syncs_the_head(tmp_path: Path, demo_data: dict) -> None:
     import subprocess
     import sys
 
-    wd = _workdir(tmp_path / "wd", demo_data, n_images=8)  # 2 iterations of 2 images per rank
+    wd = make_workdir(tmp_path / "wd", demo_data, n_images=8)  # 2 iterations of 2 images per rank
     script = tmp_path / "ddp_script.py"
     script.write_text(DDP_SCRIPT)
     with socket.socket() as sock:

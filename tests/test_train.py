@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from workdirs import make_workdir
 
 from al_det import atomic, checkpoint, train
-from al_det.coco import CategoryMap
 from al_det.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from al_det.errors import AlDetError, CocoError, ConfigError, WorkdirError
 from al_det.workdir import Workdir
@@ -26,17 +26,6 @@ def one_thread() -> None:
     torch.set_num_threads(threads)
 
 
-def make_workdir(root: Path, demo: dict[str, Path], n_images: int = 3) -> Workdir:
-    """A work dir with just what training reads: categories.json and cycle_000/labeled.json."""
-    pool = json.loads(Path(demo["pool"]).read_text())
-    images = pool["images"][:n_images]
-    ids = {im["id"] for im in images}
-    labeled = dict(pool, images=images,
-                   annotations=[a for a in pool["annotations"] if a["image_id"] in ids])
-    wd = Workdir(root)
-    atomic.write_json(wd.categories, CategoryMap(pool["categories"]).to_json())
-    atomic.write_json(wd.cycle(0).labeled, labeled)
-    return wd
 
 
 def make_cfg(demo: dict[str, Path], **train: object) -> ExperimentConfig:

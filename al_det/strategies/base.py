@@ -67,6 +67,19 @@ class Picked:
     note: str = ""
 
 
+def labeled_rows(pool: Pool, strategy: str, need: str) -> np.ndarray:
+    """The dump rows of the labeled images, ascending: the initial centres of the k-center
+    strategies (coreset, cdal), which therefore need them in the dump."""
+    dump = pool.dump
+    row_of = {iid: r for r, iid in enumerate(dump.image_ids)}
+    missing = [im["id"] for im in pool.labeled["images"] if im["id"] not in row_of]
+    if missing:
+        raise AcquireError(f"{dump.path}: labeled image {missing[0]!r} (and {len(missing) - 1} "
+                           f"more) not in the dump; {strategy} needs the labeled images' "
+                           f"{need} as initial centres")
+    return np.array(sorted(row_of[im["id"]] for im in pool.labeled["images"]), np.int64)
+
+
 def instance_entropy(scores: np.ndarray) -> np.ndarray:
     """Eq. 1 in float64: ``-p ln p - (1-p) ln(1-p)``, p clipped into [1e-6, 1-1e-6]."""
     p = np.clip(np.asarray(scores, dtype=np.float64), P_CLIP, 1.0 - P_CLIP)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 
@@ -24,19 +23,18 @@ from ..dump import CHUNK_BYTES
 from ..errors import AcquireError
 from ..kernels import as_kernel_input
 from ..kernels_cdal import count_classes, greedy_step, initial_distances, mixtures, qlogq_table
-from .base import Picked, Pool
+from .base import Picked, Pool, Strategy, labeled_rows
 
 BLOCK = 1024  # candidates per task of the initial-distance pass (blocked inside, see kernel)
 WORKERS = 2
 
 
 @dataclass(frozen=True)
-class Cdal:
+class Cdal(Strategy):
     """CDAL-CS; no parameters (it is deterministic)."""
 
-    reads: ClassVar[tuple[str, ...]] = ("probs",)
-    streams_features: ClassVar[bool] = False
-    labeled_centres: ClassVar[bool] = True  # infer dumps the labeled images too
+    reads = ("probs",)
+    labeled_centres = True  # infer dumps the labeled images too
 
     def select(self, pool: Pool) -> Picked:
         dump = pool.dump
@@ -45,13 +43,7 @@ class Cdal:
                                "detection's class probabilities); rerun `al-det infer` with "
                                "infer.probs: true, or write probs.npy from your detector "
                                "(docs/detections-dump.md)")
-        row_of = {iid: r for r, iid in enumerate(dump.image_ids)}
-        missing = [im["id"] for im in pool.labeled["images"] if im["id"] not in row_of]
-        if missing:
-            raise AcquireError(f"{dump.path}: labeled image {missing[0]!r} (and "
-                               f"{len(missing) - 1} more) not in the dump; cdal needs the "
-                               "labeled images' detections and probs as initial centres")
-        lab_rows = np.array(sorted(row_of[im["id"]] for im in pool.labeled["images"]), np.int64)
+        lab_rows = labeled_rows(pool, "cdal", "detections and probs")
         lay = layout(dump)
         has_dets = np.diff(lay.mstart) > 0
         cent = lab_rows[has_dets[lab_rows]]

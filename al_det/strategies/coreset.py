@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import AcquireError
 from ..kernels import kcenter_step
-from .base import Picked, Pool, Strategy
+from .base import Picked, Pool, Strategy, labeled_rows
 
 BLOCK = 2048  # candidates (and centres) per block of initial distances: 32 MiB of float64
 
@@ -35,13 +35,7 @@ class Coreset(Strategy):
             raise AcquireError(f"{dump.path}: strategy 'coreset' needs image_features.npy in "
                                "the dump; rerun inference with image features or pick "
                                "another strategy")
-        row_of = {iid: r for r, iid in enumerate(dump.image_ids)}
-        missing = [im["id"] for im in pool.labeled["images"] if im["id"] not in row_of]
-        if missing:
-            raise AcquireError(f"{dump.path}: labeled image {missing[0]!r} (and "
-                               f"{len(missing) - 1} more) not in the dump; coreset needs the "
-                               "labeled images' image_features as initial centres")
-        lab_rows = np.array(sorted(row_of[im["id"]] for im in pool.labeled["images"]), np.int64)
+        lab_rows = labeled_rows(pool, "coreset", "image_features")
         x = np.ascontiguousarray(dump.image_features[pool.cand_rows], dtype=np.float32)
         d2 = _initial_d2(x, np.asarray(dump.image_features[lab_rows], dtype=np.float32))
         return _greedy(x, d2, pool.budget)

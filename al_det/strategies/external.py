@@ -14,23 +14,20 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
 from ..errors import AcquireError
-from .base import Picked, Pool
+from .base import Picked, Pool, Strategy
 from .entropy import ranked
 
 HEADER = ["image_id", "score"]
 
 
 @dataclass(frozen=True)
-class External:
+class External(Strategy):
     """Rank by the user's scores, largest first; ties keep the dump's row order."""
 
-    reads: ClassVar[tuple[str, ...]] = ()
-    streams_features: ClassVar[bool] = False
 
     scores: str | None = None
 

@@ -4,21 +4,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 
 from ..errors import AcquireError
-from .base import Picked, Pool
+from .base import Picked, Pool, Strategy
 from .entropy import ranked
 
 
 @dataclass(frozen=True)
-class LearningLoss:
+class LearningLoss(Strategy):
     """Rank by predicted loss, largest first; ties keep the dump's row order. No parameters."""
 
-    reads: ClassVar[tuple[str, ...]] = ("loss_pred",)
-    streams_features: ClassVar[bool] = False
+    reads = ("loss_pred",)
 
     def select(self, pool: Pool) -> Picked:
         dump = pool.dump
