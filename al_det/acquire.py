@@ -24,8 +24,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ def select_images(dump: Dump, labeled: Mapping[str, Any], budget: int,
                   ahead: PassAhead | None = None) -> Selection:
     """Select ``budget`` images of ``dump`` not in ``labeled`` with ``strategy`` (a name, with
     ``params``, or a strategy object); ``ahead``: the streaming pass of the dump, if
-    :func:`streaming_ahead` started it for this strategy."""
+    :func:`~al_det.strategies.summary.pass_ahead` started it for this strategy."""
     if isinstance(strategy, str):
         strategy = make_strategy(strategy, params or {})
     _check_categories(dump, labeled)
@@ -127,14 +126,6 @@ def _check_categories(dump: Dump, labeled: Mapping[str, Any]) -> None:
                            "run inference with the model trained on this labeled set")
 
 
-@contextmanager
-def streaming_ahead(dump: Path, strategy: Strategy) -> Iterator[PassAhead | None]:
-    """Start ``strategy``'s streaming pass over the dump folder now (if it streams one), so
-    that it overlaps the reading of the JSON files that comes before selection."""
-    with pass_ahead(Path(dump), strategy) as ahead:
-        yield ahead
-
-
 def coco_selection(selection: Selection) -> dict:
     """The COCO dict of the selection: images in selection order, no annotations."""
     return {"images": list(selection.images), "categories": list(selection.categories),
@@ -151,7 +142,7 @@ def select(dump: str | os.PathLike | Dump, labeled: str | os.PathLike | Mapping[
     if isinstance(dump, Dump):
         lab = labeled if isinstance(labeled, Mapping) else load_labeled(Path(labeled))
         return select_images(dump, lab, budget, strat)
-    with streaming_ahead(Path(dump), strat) as ahead:
+    with pass_ahead(Path(dump), strat) as ahead:
         lab = labeled if isinstance(labeled, Mapping) else load_labeled(Path(labeled))
         opened = read_dump(dump, check_features=False)  # features are checked while streamed
         return select_images(opened, lab, budget, strat, ahead=ahead)
@@ -236,7 +227,7 @@ def run_acquire(wd: Workdir, k: int, cfg: ExperimentConfig) -> Selection | None:
     cycle = wd.cycle(k)
     # the seed differs per cycle so random does not replay the same draws every cycle
     strategy = make_strategy(cfg.acquire.strategy, strategy_params(cfg.acquire, cfg.seed + k))
-    with streaming_ahead(cycle.dump, strategy) as ahead:
+    with pass_ahead(cycle.dump, strategy) as ahead:
         labeled, unlabeled = read_split(cycle.labeled), read_split(cycle.unlabeled)
         # infer validated the whole dump when it merged it; the strategies that use the
         # features check them again in their single pass, so they are not read twice here
