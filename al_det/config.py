@@ -22,7 +22,7 @@ import yaml
 
 from al_det.errors import AcquireError, ConfigError
 from al_det.model_names import MODEL_NAMES
-from al_det.strategies import STRATEGIES, check_parameters
+from al_det.strategies import STRATEGIES, check_parameters, parameters
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,6 @@ def _acquire_config() -> type:
     """``strategy``, ``budget`` (images per cycle: an int count, or a fraction < 1 of the pool)
     and every parameter of the strategies, with the types and defaults they declare
     (al_det/strategies: the one place they are declared and validated)."""
-    from al_det.strategies import parameters
-
     fields = [("strategy", str, field(default="enms_divproto")),
               ("budget", float, field(default=0.05))]
     fields += [(name, tp, field(default=default)) for name, (tp, default) in parameters().items()]
@@ -372,9 +370,8 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
 
 def strategy_params(acq: Any, seed: int | None = None) -> dict:
     """The strategies' parameters in ``acq`` (an AcquireConfig), plus the acquisition's seed."""
-    from al_det.strategies import parameters
-
-    params = {k: v for k, v in dataclasses.asdict(acq).items() if k in parameters()}
+    known = parameters()
+    params = {k: v for k, v in dataclasses.asdict(acq).items() if k in known}
     return params if seed is None else {**params, "seed": seed}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +45,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
 RUNTIME_PARAMS = ("seed",)
 
 
+@functools.cache  # the dict is fixed at import; config validation asks often
 def parameters() -> dict[str, tuple[Any, Any]]:
     """Every parameter any strategy takes (less the runtime ones): name -> (type, default).
 
