@@ -80,31 +80,29 @@ class FasterRCNNAdapter(Adapter):
 class RetinaNetAdapter(Adapter):
     """RetinaNet: final boxes RoI-pooled from the FPN."""
 
+    # what FCOS, whose features are RetinaNet's, changes (staticmethod: plain functions)
+    class_probs = staticmethod(features.retinanet_probs)
+    loss = staticmethod(losses.retinanet_loss)
+
     def feature_dim(self, model: nn.Module) -> int:
         return model.backbone.out_channels
 
     def predict_with_features(self, model: nn.Module, images: list[Tensor],
                               probs: bool = False) -> list[dict[str, Tensor]]:
         return features.predict_hooked(model, images, features.fpn_pool,
-                                       features.retinanet_probs if probs else None)
+                                       self.class_probs if probs else None)
 
     def forward_train(self, model: nn.Module, images: list[Tensor],
                       targets: Targets) -> TrainOutputs:
-        return losses.dense_forward_train(model, images, targets, losses.retinanet_loss)
+        return losses.dense_forward_train(model, images, targets, self.loss)
 
 
 @dataclass(frozen=True)
 class FCOSAdapter(RetinaNetAdapter):
-    """FCOS: features as RetinaNet's; its loss has a centerness term."""
+    """FCOS: features as RetinaNet's; its probs and loss (a centerness term) its own."""
 
-    def predict_with_features(self, model: nn.Module, images: list[Tensor],
-                              probs: bool = False) -> list[dict[str, Tensor]]:
-        return features.predict_hooked(model, images, features.fpn_pool,
-                                       features.fcos_probs if probs else None)
-
-    def forward_train(self, model: nn.Module, images: list[Tensor],
-                      targets: Targets) -> TrainOutputs:
-        return losses.dense_forward_train(model, images, targets, losses.fcos_loss)
+    class_probs = staticmethod(features.fcos_probs)
+    loss = staticmethod(losses.fcos_loss)
 
 
 @dataclass(frozen=True)
