@@ -108,8 +108,11 @@ def config_hash(cfg: ExperimentConfig, k: int, image_ids: list[int]) -> str:
     train = dataclasses.asdict(cfg.train)
     for key in ("workers", "checkpoint_every"):
         train.pop(key)
+    # the defaults of keys added later hash as before, so earlier checkpoints still fit
     if train["augment"] == "hflip":
-        del train["augment"]  # the default: checkpoints written before the key existed fit
+        del train["augment"]
+    if train["min_iters"] == 0:
+        del train["min_iters"]
     model = dataclasses.asdict(cfg.model)
     if not model["loss_prediction"]["enabled"]:
         del model["loss_prediction"]  # off, it decides nothing: earlier checkpoints still fit

@@ -33,6 +33,7 @@ class SyntheticConfig:
     n_test: int = 100
     image_size: int = 128
     seed: int = 0
+    profile: str = "shapes"  # shapes | coco_like (al_det/synthetic.py, PROFILES)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12
+    # at least this many iterations, in whole epochs: the first cycles' few images still
+    # train long enough from scratch (0: epochs alone)
+    min_iters: int = 0
     batch_size: int = 16  # global batch size, split over the processes
     lr: float = 0.02  # for the global batch size above
     momentum: float = 0.9
@@ -152,6 +156,7 @@ CHOICES = {
     "evaluate.metric": ("coco", "voc07"),
     "model.name": MODEL_NAMES,  # the keys of al_det.models.ADAPTERS
 }
+SYNTHETIC_PROFILES = ("shapes", "coco_like")  # the keys of al_det.synthetic.PROFILES
 UNIT_INTERVAL = (
     "infer.score_thresh", "train.hflip", "train.warmup_factor", "train.lr_gamma",
     "label.preannotation_thresh", "model.loss_prediction.detach_after",
@@ -332,14 +337,20 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
+def _check_choice(source: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        hint = difflib.get_close_matches(str(value), choices, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{source}: {key}={value!r} is not one of {list(choices)}{extra}")
+
+
 def validate(cfg: ExperimentConfig, source: str) -> None:
     """Range and choice checks that types alone cannot express."""
     for key, choices in CHOICES.items():
-        value = _get(cfg, key)
-        if value not in choices:
-            hint = difflib.get_close_matches(str(value), choices, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{source}: {key}={value!r} is not one of {list(choices)}{extra}")
+        _check_choice(source, key, _get(cfg, key), choices)
+    syn = cfg.data.synthetic
+    if syn is not None:
+        _check_choice(source, "data.synthetic.profile", syn.profile, SYNTHETIC_PROFILES)
     for key in UNIT_INTERVAL:
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise ConfigError(f"{source}: {key}={_get(cfg, key)} must lie in [0, 1]")
@@ -354,6 +365,8 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
         check_parameters(cfg.acquire.strategy, strategy_params(cfg.acquire))
     except AcquireError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if cfg.train.min_iters < 0:
+        raise ConfigError(f"{source}: train.min_iters={cfg.train.min_iters} must be >= 0")
     if cfg.model.loss_prediction.margin < 0:
         raise ConfigError(f"{source}: model.loss_prediction.margin="
                           f"{cfg.model.loss_prediction.margin} must be >= 0")

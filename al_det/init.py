@@ -101,7 +101,7 @@ def _generate_demo(wd: Workdir, cfg: ExperimentConfig) -> ExperimentConfig:
 
     syn = cfg.data.synthetic
     paths = generate(wd.data.resolve(), n_pool=syn.n_pool, n_test=syn.n_test,
-                     image_size=syn.image_size, seed=syn.seed)
+                     image_size=syn.image_size, seed=syn.seed, profile=syn.profile)
     data = dataclasses.replace(
         cfg.data, pool=str(paths["pool"]), test=str(paths["test"]),
         pool_images=str(paths["images"]), test_images=str(paths["images"]),

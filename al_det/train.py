@@ -12,9 +12,11 @@ Writes (rank 0 only, every file atomically):
   stage is done, and ``last.pth`` is then removed.
 
 The schedule counts iterations: ``epochs * ceil(n_labeled / batch_size)``, with ``batch_size``
-the global batch split evenly over the processes. With ``model.loss_prediction.enabled`` the
-step runs :class:`al_det.models.lossnet.LossPredictionTrainer` (the module DDP wraps) and adds
-its ranking loss ``loss_ll``; the module's input is detached from iteration
+the global batch split evenly over the processes, and ``epochs`` raised to the fewest whole
+epochs that reach ``train.min_iters`` iterations when that is more. With
+``model.loss_prediction.enabled`` the step runs
+:class:`al_det.models.lossnet.LossPredictionTrainer` (the module DDP wraps) and adds its
+ranking loss ``loss_ll``; the module's input is detached from iteration
 ``round(detach_after * total)`` on, a function of the iteration alone (resumes repeat it).
 The data order and flips are a pure function of (seed, cycle, epoch, position) and all RNG
 states are restored, so a resumed run ends with the weights the uninterrupted run would have
@@ -169,7 +171,7 @@ def _setup(wd: Workdir, cycle: Cycle, k: int, cfg: ExperimentConfig,
     optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay)
     scaler = torch.amp.GradScaler(info.device.type, enabled=t.amp and info.device.type == "cuda")
-    model, lp, total = net, cfg.model.loss_prediction, t.epochs * per_epoch
+    model, lp, total = net, cfg.model.loss_prediction, schedule_length(t, per_epoch)
     if lp.enabled:  # the head must run inside the module DDP wraps, for its gradients
         from al_det.models.lossnet import LossPredictionTrainer
 
@@ -184,6 +186,11 @@ def _setup(wd: Workdir, cycle: Cycle, k: int, cfg: ExperimentConfig,
     if cycle.last_ckpt.exists():
         _resume(run)
     return run
+
+
+def schedule_length(t: TrainConfig, per_epoch: int) -> int:
+    """Iterations of a cycle: ``epochs`` epochs, or the fewest whole epochs past ``min_iters``."""
+    return max(t.epochs, math.ceil(t.min_iters / per_epoch)) * per_epoch
 
 
 def _dataset(wd: Workdir, cycle: Cycle, k: int,

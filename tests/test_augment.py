@@ -115,6 +115,8 @@ def test_negative_images_and_the_default_hash_are_unchanged(demo_data: dict) -> 
     assert checkpoint.config_hash(cfg, 2, [5, 9]) == "6ed5e35a061c7ad5"
     ssd = ExperimentConfig(data=DataConfig(pool="p.json"), train=TrainConfig(augment="ssd"))
     assert checkpoint.config_hash(ssd, 2, [5, 9]) != "6ed5e35a061c7ad5"
+    longer = ExperimentConfig(data=DataConfig(pool="p.json"), train=TrainConfig(min_iters=9))
+    assert checkpoint.config_hash(longer, 2, [5, 9]) != "6ed5e35a061c7ad5"
 
 
 # ------------------------------------------------------------------ kill mid-training, resume

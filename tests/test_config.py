@@ -44,6 +44,7 @@ def test_scientific_notation_string_becomes_float(tmp_path: Path) -> None:
         ("train:\n  amp: 1\n", "train.amp must be bool"),
         ("acquire:\n  t_intra: 1.5\n", "acquire.t_intra=1.5 must lie in [0, 1]"),
         ("acquire:\n  budget: 0\n", "acquire.budget=0.0 must be > 0"),
+        ("train:\n  min_iters: -5\n", "train.min_iters=-5 must be >= 0"),
         ("acquire:\n  budget: 2.5\n", "give a count (integer) or a fraction < 1"),
         ("acquire:\n  strategy: enms_divprot\n", "did you mean 'enms_divproto'"),
         ("train:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr' at line 6"),
@@ -59,6 +60,15 @@ def test_rejected(tmp_path: Path, text: str, message: str) -> None:
         load_config(write(tmp_path, BASE + text))
     assert message in str(err.value)
     assert "exp.yaml" in str(err.value) or "--set" in str(err.value)
+
+
+def test_synthetic_profile_checked(tmp_path: Path) -> None:
+    text = "data:\n  synthetic:\n    profile: {}\n"
+    assert load_config(write(tmp_path, text.format("coco_like"))).data.synthetic.profile == \
+        "coco_like"
+    with pytest.raises(ConfigError, match="data.synthetic.profile='coco_lik' is not one of "
+                       r"\['shapes', 'coco_like'\] \(did you mean 'coco_like'\?\)"):
+        load_config(write(tmp_path, text.format("coco_lik")))
 
 
 def test_missing_pool_named(tmp_path: Path) -> None:

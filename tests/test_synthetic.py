@@ -13,14 +13,17 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from al_det.synthetic import generate
+from al_det.synthetic import PROFILES, generate
 
 N_POOL, N_TEST = 120, 40
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return generate(tmp_path_factory.mktemp("synth"), n_pool=N_POOL, n_test=N_TEST, seed=3)
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def dataset(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    paths = generate(tmp_path_factory.mktemp("synth"), n_pool=N_POOL, n_test=N_TEST, seed=3,
+                     profile=request.param)
+    return {**paths, "profile": request.param}
 
 
 def _load(path: Path) -> COCO:
@@ -34,7 +37,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def test_returns_paths(dataset: dict[str, Path]) -> None:
-    assert set(dataset) == {"pool", "test", "images"}
+    assert set(dataset) == {"pool", "test", "images", "profile"}
     assert dataset["pool"].is_file() and dataset["test"].is_file() and dataset["images"].is_dir()
     assert not list(dataset["images"].parent.rglob(".tmp-*"))
 
@@ -76,7 +79,8 @@ def test_valid_coco(dataset: dict[str, Path]) -> None:
 def test_category_ids_non_contiguous(dataset: dict[str, Path]) -> None:
     cats = json.loads(dataset["pool"].read_text())["categories"]
     ids = sorted(c["id"] for c in cats)
-    assert 5 <= len(ids) <= 6 and ids != list(range(ids[0], ids[0] + len(ids)))
+    assert len(ids) == PROFILES[dataset["profile"]].classes
+    assert ids != list(range(ids[0], ids[0] + len(ids)))
     assert len({c["name"] for c in cats}) == len(cats) and all(c["supercategory"] for c in cats)
     assert cats == json.loads(dataset["test"].read_text())["categories"]
 
@@ -128,9 +132,13 @@ def test_long_tailed_pool_balanced_test(dataset: dict[str, Path]) -> None:
                    ["annotations"])
     test = Counter(a["category_id"] for a in json.loads(dataset["test"].read_text())
                    ["annotations"])
-    assert len(pool) >= 5 and len(test) >= 5
+    classes = PROFILES[dataset["profile"]].classes
+    assert len(pool) == classes and len(test) == classes
     assert max(pool.values()) >= 4 * min(pool.values())
     assert max(test.values()) <= 2.5 * min(test.values())
+    # the most common pool class is the first listed, as the profile's weights say
+    assert max(pool, key=pool.__getitem__) == json.loads(dataset["pool"].read_text())[
+        "categories"][0]["id"]
 
 
 def test_counts_and_empty_images(dataset: dict[str, Path]) -> None:
@@ -138,7 +146,9 @@ def test_counts_and_empty_images(dataset: dict[str, Path]) -> None:
     per_image = Counter(a["image_id"] for a in data["annotations"])
     empty = [i for i in data["images"] if i["id"] not in per_image]
     assert 0 < len(empty) < 0.3 * N_POOL
-    assert max(per_image.values()) <= 6
+    profile = PROFILES[dataset["profile"]]
+    most = max(len(profile.count_probs) - 1, profile.crowd_size[1] + 2)  # a crowd and 0-2 more
+    assert len(profile.count_probs) - 1 <= max(per_image.values()) <= most
 
 
 def test_near_duplicates(dataset: dict[str, Path]) -> None:
@@ -148,7 +158,7 @@ def test_near_duplicates(dataset: dict[str, Path]) -> None:
     for ann in data["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
     dups = [i for i in data["images"] if "near_duplicate_of" in i]
-    assert 0.15 * N_POOL <= len(dups) <= 0.35 * N_POOL
+    assert len(dups) == round(PROFILES[dataset["profile"]].dup_fraction * N_POOL)
     for dup in dups:
         base = images[dup["near_duplicate_of"]]
         assert "near_duplicate_of" not in base
@@ -160,3 +170,51 @@ def test_near_duplicates(dataset: dict[str, Path]) -> None:
         pa = np.asarray(Image.open(dataset["images"] / dup["file_name"]), dtype=float)
         pb = np.asarray(Image.open(dataset["images"] / base["file_name"]), dtype=float)
         assert 0 < np.abs(pa - pb).mean() < 40
+
+
+def test_coco_like_duplicates_cluster_on_busy_scenes(tmp_path: Path) -> None:
+    """coco_like copies busy scenes, several times each; shapes copies scenes uniformly."""
+    def stats(profile: str) -> tuple[float, float, int]:
+        data = json.loads(generate(tmp_path / profile, n_pool=300, n_test=10, seed=1,
+                                   profile=profile)["pool"].read_text())
+        per_image = Counter(a["image_id"] for a in data["annotations"])
+        bases = [i["near_duplicate_of"] for i in data["images"] if "near_duplicate_of" in i]
+        originals = [i["id"] for i in data["images"] if "near_duplicate_of" not in i]
+        copied = np.mean([per_image[b] for b in bases])
+        return copied, np.mean([per_image[i] for i in originals]), max(Counter(bases).values())
+
+    busy_copied, busy_all, busy_copies = stats("coco_like")
+    assert busy_copied > busy_all + 1.0 and busy_copies >= 3
+    flat_copied, flat_all, _ = stats("shapes")
+    assert abs(flat_copied - flat_all) < 0.6
+
+
+def test_object_sizes_follow_profile(dataset: dict[str, Path]) -> None:
+    sides = [max(a["bbox"][2:]) for a in json.loads(dataset["pool"].read_text())["annotations"]]
+    profile = PROFILES[dataset["profile"]]
+    assert min(sides) <= profile.min_size + 1 and max(sides) <= profile.max_size
+
+
+def test_profiles_listed_for_the_config() -> None:
+    from al_det.config import SYNTHETIC_PROFILES
+
+    assert set(SYNTHETIC_PROFILES) == set(PROFILES)
+
+
+def test_crowds_are_one_class_of_one_size(tmp_path: Path) -> None:
+    """coco_like: about crowd_fraction of the original scenes hold 6-10 look-alike objects."""
+    profile = PROFILES["coco_like"]
+    data = json.loads(generate(tmp_path, n_pool=200, n_test=10, seed=2,
+                               profile="coco_like")["pool"].read_text())
+    by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    originals = [i["id"] for i in data["images"] if "near_duplicate_of" not in i]
+    crowds = 0
+    for image_id in originals:
+        anns = by_image.get(image_id, [])
+        top, n = Counter(a["category_id"] for a in anns).most_common(1)[0] if anns else (0, 0)
+        if n >= profile.crowd_size[0]:
+            sides = [max(a["bbox"][2:]) for a in anns if a["category_id"] == top]
+            crowds += max(sides) <= 1.5 * min(sides) + 2  # one size, within the 15% jitter
+    assert 0.12 * len(originals) <= crowds <= 0.4 * len(originals)

@@ -57,6 +57,23 @@ def test_lr_schedule_hand_checked() -> None:
     assert train.lr_at(5, 10, capped) == pytest.approx(0.5)  # warmup capped at total
 
 
+def test_min_iters_rounds_up_to_whole_epochs() -> None:
+    demo = TrainConfig(epochs=14, min_iters=200)
+    # the demo's cycles: 40, 70, 100 and 130 images in batches of 8
+    assert [train.schedule_length(demo, n) for n in (5, 9, 13, 17)] == [200, 207, 208, 238]
+    assert train.schedule_length(TrainConfig(epochs=3), 7) == 21  # min_iters 0: epochs alone
+    assert train.schedule_length(TrainConfig(epochs=3, min_iters=21), 7) == 21
+
+
+def test_min_iters_trains_that_long(tmp_path: Path, demo_data: dict) -> None:
+    wd = make_workdir(tmp_path / "wd", demo_data, n_images=3)
+    cfg = make_cfg(demo_data, epochs=1, batch_size=2, min_iters=5)  # 2 per epoch: 3 epochs
+    seen: list[int] = []
+    train.run_train(wd, 0, cfg, on_iteration=seen.append)
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert read_log(wd)[-1]["epoch"] == 3
+
+
 def test_train_config_checked_against_world_size() -> None:
     with pytest.raises(ConfigError, match="divisible by the 4 processes"):
         train.check_train_config(TrainConfig(batch_size=6), 4)
