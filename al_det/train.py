@@ -189,7 +189,7 @@ def _setup(wd: Workdir, cycle: Cycle, k: int, cfg: ExperimentConfig,
 
 
 def schedule_length(t: TrainConfig, per_epoch: int) -> int:
-    """Iterations of a cycle: ``epochs`` epochs, or the fewest whole epochs past ``min_iters``."""
+    """Iterations of a cycle: ``epochs`` epochs, or the fewest whole ones reaching ``min_iters``."""
     return max(t.epochs, math.ceil(t.min_iters / per_epoch)) * per_epoch
 
 
