@@ -103,16 +103,19 @@ def save_trained(path: Path, net: nn.Module, name: str, cmap: CategoryMap, *, k:
         torch.save(payload, fh)
 
 
+# train keys added after checkpoints were first written, with the value that reproduces the
+# training from before them: at that value a key is left out of the hash, so those fit still
+LATER_TRAIN_KEYS = {"augment": "hflip", "min_iters": 0}
+
+
 def config_hash(cfg: ExperimentConfig, k: int, image_ids: list[int]) -> str:
     """A hash of everything that decides the trained weights (not workers or checkpointing)."""
     train = dataclasses.asdict(cfg.train)
     for key in ("workers", "checkpoint_every"):
         train.pop(key)
-    # the defaults of keys added later hash as before, so earlier checkpoints still fit
-    if train["augment"] == "hflip":
-        del train["augment"]
-    if train["min_iters"] == 0:
-        del train["min_iters"]
+    for key, default in LATER_TRAIN_KEYS.items():
+        if train[key] == default:
+            del train[key]
     model = dataclasses.asdict(cfg.model)
     if not model["loss_prediction"]["enabled"]:
         del model["loss_prediction"]  # off, it decides nothing: earlier checkpoints still fit

@@ -155,8 +155,8 @@ CHOICES = {
     "train.augment": ("hflip", "ssd"),
     "evaluate.metric": ("coco", "voc07"),
     "model.name": MODEL_NAMES,  # the keys of al_det.models.ADAPTERS
+    "data.synthetic.profile": ("shapes", "coco_like"),  # the keys of al_det.synthetic.PROFILES
 }
-SYNTHETIC_PROFILES = ("shapes", "coco_like")  # the keys of al_det.synthetic.PROFILES
 UNIT_INTERVAL = (
     "infer.score_thresh", "train.hflip", "train.warmup_factor", "train.lr_gamma",
     "label.preannotation_thresh", "model.loss_prediction.detach_after",
@@ -166,6 +166,7 @@ POSITIVE = (
     "infer.detections_per_img", "infer.batch_size", "train.checkpoint_every",
     "model.min_size", "model.max_size", "infer.chunk_size", "model.loss_prediction.weight",
 )
+NON_NEGATIVE = ("train.min_iters", "model.loss_prediction.margin")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -337,20 +338,25 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def _check_choice(source: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        hint = difflib.get_close_matches(str(value), choices, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ConfigError(f"{source}: {key}={value!r} is not one of {list(choices)}{extra}")
+def _section_set(cfg: Any, dotted: str) -> bool:
+    """False when a section on the way to the key is unset (``data.synthetic: null``)."""
+    for part in dotted.split(".")[:-1]:
+        cfg = getattr(cfg, part)
+        if cfg is None:
+            return False
+    return True
 
 
 def validate(cfg: ExperimentConfig, source: str) -> None:
     """Range and choice checks that types alone cannot express."""
     for key, choices in CHOICES.items():
-        _check_choice(source, key, _get(cfg, key), choices)
-    syn = cfg.data.synthetic
-    if syn is not None:
-        _check_choice(source, "data.synthetic.profile", syn.profile, SYNTHETIC_PROFILES)
+        if not _section_set(cfg, key):
+            continue
+        value = _get(cfg, key)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), choices, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{source}: {key}={value!r} is not one of {list(choices)}{extra}")
     for key in UNIT_INTERVAL:
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise ConfigError(f"{source}: {key}={_get(cfg, key)} must lie in [0, 1]")
@@ -365,11 +371,9 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
         check_parameters(cfg.acquire.strategy, strategy_params(cfg.acquire))
     except AcquireError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    if cfg.train.min_iters < 0:
-        raise ConfigError(f"{source}: train.min_iters={cfg.train.min_iters} must be >= 0")
-    if cfg.model.loss_prediction.margin < 0:
-        raise ConfigError(f"{source}: model.loss_prediction.margin="
-                          f"{cfg.model.loss_prediction.margin} must be >= 0")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{source}: {key}={_get(cfg, key)} must be >= 0")
     reads = STRATEGIES[cfg.acquire.strategy].reads
     if "loss_pred" in reads and not cfg.model.loss_prediction.enabled:
         raise ConfigError(f"{source}: acquire.strategy={cfg.acquire.strategy} ranks by the "

@@ -40,6 +40,7 @@ MARKER = ".complete"
 FORMAT_VERSION = 1
 
 Category = tuple[int, str, tuple[int, int, int]]  # id, name, base RGB colour
+Footprint = tuple[int, int, int]  # x, y, side of the square an object is drawn in
 
 # Ids deliberately non-contiguous; a profile picks its classes by id. The first six are well
 # separated in hue, the last four sit between two of them (orange between red and yellow, ...),
@@ -208,7 +209,7 @@ def _star_points(e: float) -> list[tuple[float, float]]:
             for r, a in zip(radii, angles, strict=True)]
 
 
-def _overlaps(box: tuple[int, int, int], placed: list[tuple[int, int, int]]) -> bool:
+def _overlaps(box: Footprint, placed: list[Footprint]) -> bool:
     """True if square ``box`` (x, y, side) overlaps any placed box beyond ``MAX_OVERLAP``."""
     x, y, s = box
     for px, py, ps in placed:
@@ -217,9 +218,6 @@ def _overlaps(box: tuple[int, int, int], placed: list[tuple[int, int, int]]) -> 
         if iw > 0 and ih > 0 and iw * ih > MAX_OVERLAP * min(s, ps) ** 2:
             return True
     return False
-
-
-Footprint = tuple[int, int, int]  # x, y, side of the square an object is drawn in
 
 
 def _place(rng: np.random.Generator, n: int, size: int, side: Callable[[], int],
@@ -243,9 +241,9 @@ def _scatter(rng: np.random.Generator, n: int, size: int, p: np.ndarray, profile
     """``n`` objects of classes drawn from ``p``, each its own size and colour."""
     lo, hi = np.log(profile.min_size), np.log(profile.max_size)
     footprints = _place(rng, n, size, lambda: round(np.exp(rng.uniform(lo, hi))), placed)
-    items = []
+    categories, items = profile.categories, []
     for fp in footprints:
-        cat = profile.categories[rng.choice(len(p), p=p)]
+        cat = categories[rng.choice(len(p), p=p)]
         items.append((cat, fp, _object_colour(rng, cat[2])))
     return items
 

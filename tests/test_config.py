@@ -45,6 +45,8 @@ def test_scientific_notation_string_becomes_float(tmp_path: Path) -> None:
         ("acquire:\n  t_intra: 1.5\n", "acquire.t_intra=1.5 must lie in [0, 1]"),
         ("acquire:\n  budget: 0\n", "acquire.budget=0.0 must be > 0"),
         ("train:\n  min_iters: -5\n", "train.min_iters=-5 must be >= 0"),
+        ("model:\n  loss_prediction:\n    margin: -1\n",
+         "model.loss_prediction.margin=-1.0 must be >= 0"),
         ("acquire:\n  budget: 2.5\n", "give a count (integer) or a fraction < 1"),
         ("acquire:\n  strategy: enms_divprot\n", "did you mean 'enms_divproto'"),
         ("train:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr' at line 6"),

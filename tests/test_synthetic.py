@@ -196,9 +196,9 @@ def test_object_sizes_follow_profile(dataset: dict[str, Path]) -> None:
 
 
 def test_profiles_listed_for_the_config() -> None:
-    from al_det.config import SYNTHETIC_PROFILES
+    from al_det.config import CHOICES
 
-    assert set(SYNTHETIC_PROFILES) == set(PROFILES)
+    assert set(CHOICES["data.synthetic.profile"]) == set(PROFILES)
 
 
 def test_crowds_are_one_class_of_one_size(tmp_path: Path) -> None:
